@@ -1,0 +1,91 @@
+//! Parley's use cases. Each one authorizes first (its doc comment names the permission), then
+//! validates, then stores the change together with its audit row in one transaction.
+//!
+//! The server calls these for every HTTP request and the command line calls them for operator
+//! verbs, so a rule holds however a change arrives.
+
+mod auth;
+mod directory;
+mod error;
+mod keys;
+mod operator;
+mod throttle;
+
+pub use auth::{SESSION_ABSOLUTE_MS, SESSION_IDLE_MS, Session, SignedIn};
+pub use directory::{
+    DepartmentView, NewUserInput, SiteChanges, SiteView, UserChangesInput, UserCreated, UserView,
+};
+pub use error::AppError;
+pub use keys::KeyService;
+pub use operator::{ChainReport, TenantCreated};
+pub use throttle::Throttle;
+
+use parley_core::audit::{AuditActor, AuditEvent};
+use parley_core::store::Store;
+use parley_core::{Clock, TenantId, Timestamp};
+use std::sync::Arc;
+
+/// The real clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        Timestamp(ms)
+    }
+}
+
+/// Everything a use case needs; cheap to clone, shared by all requests of a node.
+#[derive(Clone)]
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub keys: Arc<KeyService>,
+    pub clock: Arc<dyn Clock>,
+    pub throttle: Arc<Throttle>,
+}
+
+impl App {
+    pub fn new(store: Arc<dyn Store>, keys: Arc<KeyService>, clock: Arc<dyn Clock>) -> Self {
+        App {
+            store,
+            keys,
+            clock,
+            throttle: Arc::new(Throttle::default()),
+        }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// A new time-ordered id.
+    pub fn new_id(&self) -> uuid::Uuid {
+        uuid::Uuid::now_v7()
+    }
+
+    /// An audit event for `tenant`, stamped now, with a JSON `detail`.
+    pub fn audit_event(
+        &self,
+        tenant: TenantId,
+        actor: AuditActor,
+        action: &'static str,
+        target: Option<String>,
+        ip: Option<&str>,
+        detail: serde_json::Value,
+    ) -> AuditEvent {
+        AuditEvent {
+            id: parley_core::ids::AuditEventId::from_uuid(self.new_id()),
+            tenant,
+            at: self.now(),
+            actor,
+            action,
+            target,
+            ip: ip.map(str::to_owned),
+            detail: detail.to_string(),
+        }
+    }
+}

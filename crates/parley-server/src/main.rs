@@ -1,0 +1,299 @@
+//! `parley`: one binary for the whole installation. `parley --help` lists the verbs.
+
+use clap::{Parser, Subcommand};
+use parley_server::config::{Config, Overrides};
+use parley_server::http::{self, AppState, HttpSettings};
+use parley_server::{startup, telemetry};
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "parley", version, about = "Parley: secure live chat for websites", long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    overrides: Overrides,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: widget, console, admin panel, REST API. Creates the data directory, the
+    /// master key file and the schema on first start.
+    Serve {
+        /// Address to listen on. Plain HTTP is served on loopback only; elsewhere put a TLS proxy
+        /// in front and set --public-url https://…
+        #[arg(long, env = "PARLEY_LISTEN")]
+        listen: Option<String>,
+        /// The origin users reach Parley at, e.g. https://chat.example.com.
+        #[arg(long, env = "PARLEY_PUBLIC_URL")]
+        public_url: Option<String>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage tenants (one per customer site).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage the master key.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Check the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and its first site administrator; prints a one-time password.
+    Create {
+        /// The site's display name, e.g. "Acme Bank".
+        #[arg(long)]
+        name: String,
+        /// The workspace name typed at sign-in [default: made from --name].
+        #[arg(long)]
+        slug: Option<String>,
+        /// Email of the first site administrator.
+        #[arg(long)]
+        admin_email: String,
+        /// Display name of the first site administrator.
+        #[arg(long)]
+        admin_name: Option<String>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tenants.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a new master key and re-wrap every tenant key under it. Running servers keep working.
+    Rotate,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute a tenant's audit hash chain; exits 1 if it is broken.
+    Verify {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let (listen, public_url) = match &cli.command {
+        Command::Serve { listen, public_url } => (listen.clone(), public_url.clone()),
+        _ => (None, None),
+    };
+    let config = Config::load(&cli.overrides, listen, public_url).map_err(|e| e.to_string())?;
+    telemetry::init(config.log_format);
+    let create = matches!(cli.command, Command::Serve { .. } | Command::Migrate);
+    let (app, store) = startup::open_app(&config, create)
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = match cli.command {
+        Command::Serve { .. } => serve(&config, app).await,
+        Command::Migrate => {
+            println!("database is at the latest schema version");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tenant(TenantCommand::Create {
+            name,
+            slug,
+            admin_email,
+            admin_name,
+            json,
+        }) => {
+            let t = app
+                .create_tenant(&name, slug.as_deref(), &admin_email, admin_name.as_deref())
+                .await
+                .map_err(|e| describe(e, "tenant"))?;
+            if json {
+                println!("{}", serde_json::to_string(&t).map_err(|e| e.to_string())?);
+            } else {
+                let base = config
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{}", config.listen));
+                println!("Created tenant {:?}", t.name);
+                println!("  tenant id:          {}", t.tenant_id);
+                println!("  workspace:          {}", t.slug);
+                println!("  site key:           {}", t.site_key);
+                println!("  administrator:      {}", t.admin_email);
+                println!("  one-time password:  {}", t.one_time_password);
+                println!();
+                println!("The password is shown once; it must be changed at first sign-in.");
+                println!("Sign in at {base}/admin with workspace {:?}.", t.slug);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tenant(TenantCommand::List { json }) => {
+            let tenants = app
+                .list_tenants()
+                .await
+                .map_err(|e| describe(e, "tenant"))?;
+            if json {
+                let list: Vec<_> = tenants
+                    .iter()
+                    .map(|(t, name)| serde_json::json!({ "tenant_id": t.id, "slug": t.slug, "name": name, "site_key": t.site_key }))
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                for (t, name) in tenants {
+                    println!("{}  {:<24} {}", t.id, t.slug, name);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::Rotate) => {
+            let (id, n) = app
+                .rotate_master_key(|done, total| progress("re-wrapping tenant keys", done, total))
+                .await
+                .map_err(|e| describe(e, "key"))?;
+            eprintln!();
+            println!(
+                "new master key {id} is active; {n} tenant(s) re-wrapped. The old key stays in the file, retired."
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify { tenant, json }) => {
+            let tenant = tenant
+                .parse()
+                .map_err(|_| format!("{tenant:?} is not a tenant id (see `parley tenant list`)"))?;
+            let report = app
+                .verify_audit_chain(tenant)
+                .await
+                .map_err(|e| describe(e, "tenant"))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).map_err(|e| e.to_string())?
+                );
+            } else if report.ok {
+                println!(
+                    "audit chain intact: {} events, head {}",
+                    report.events, report.head
+                );
+            } else {
+                println!(
+                    "audit chain BROKEN at event {}: {} ({} events verified before it)",
+                    report.broken_at.unwrap_or_default(),
+                    report.problem.as_deref().unwrap_or("unknown"),
+                    report.events
+                );
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    };
+    store.close().await;
+    result
+}
+
+fn describe(e: parley_app::AppError, what: &str) -> String {
+    match e {
+        parley_app::AppError::NotFound => format!("no such {what}"),
+        parley_app::AppError::Conflict("slug") => {
+            "that workspace name is taken; pass another --slug".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn progress(label: &str, done: usize, total: usize) {
+    let width = 30;
+    let filled = (done * width)
+        .checked_div(total)
+        .unwrap_or(width)
+        .min(width);
+    let mut err = std::io::stderr();
+    let _ = write!(
+        err,
+        "\r{label} [{}{}] {done}/{total}",
+        "#".repeat(filled),
+        ".".repeat(width - filled)
+    );
+    let _ = err.flush();
+}
+
+async fn serve(config: &Config, app: parley_app::App) -> Result<ExitCode, String> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {}: {e} (is another Parley running? try --listen 127.0.0.1:8081)",
+                config.listen
+            )
+        })?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let settings = HttpSettings {
+        public_url: config.public_url.clone(),
+        trust_proxy: config.trust_proxy,
+    };
+    let base = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    tracing::info!(
+        database = app.store.backend(),
+        "Parley is listening on {base} (admin: {base}/admin, console: {base}/console)"
+    );
+    let state = AppState {
+        app,
+        settings: Arc::new(settings),
+    };
+    http::serve(listener, state, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,69 @@
+//! Opening a node's parts: data directory, master key, database (migrated), the `App`.
+
+use crate::config::Config;
+use parley_app::{App, KeyService, SystemClock};
+use parley_core::store::Store;
+use parley_store::SqlStore;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartupError(pub String);
+
+/// Open (and on first start create) everything `App` needs. With `create_missing`, a missing data
+/// directory and master key file are created; verbs other than `serve` and `migrate` expect them.
+pub async fn open_app(
+    config: &Config,
+    create_missing: bool,
+) -> Result<(App, Arc<SqlStore>), StartupError> {
+    if (config.uses_sqlite() || config.master_key_file.starts_with(&config.data_dir))
+        && !config.data_dir.exists()
+    {
+        if !create_missing {
+            return Err(StartupError(format!(
+                "data directory {} does not exist: start `parley serve` once, or pass --data-dir",
+                config.data_dir.display()
+            )));
+        }
+        create_private_dir(&config.data_dir)?;
+        tracing::info!(path = %config.data_dir.display(), "created data directory");
+    }
+    let (keys, created) = KeyService::open(&config.master_key_file, create_missing).map_err(|e| {
+        StartupError(format!("{e}. Pass --master-key-file (PARLEY_MASTER_KEY_FILE) pointing at the key file of this installation"))
+    })?;
+    if created {
+        tracing::warn!(
+            path = %config.master_key_file.display(),
+            "created a new master key file (mode 0600): back it up apart from the database; without it no encrypted data can be read"
+        );
+    }
+    let store =
+        Arc::new(SqlStore::connect(&config.database_url).await.map_err(|e| {
+            StartupError(format!("{e}. Check PARLEY_DATABASE_URL / --database-url"))
+        })?);
+    let applied = store
+        .migrate()
+        .await
+        .map_err(|e| StartupError(format!("migrating the database failed: {e}")))?;
+    if !applied.is_empty() {
+        tracing::info!(backend = store.backend(), versions = ?applied, "applied database migrations");
+    }
+    let app = App::new(store.clone(), Arc::new(keys), Arc::new(SystemClock));
+    Ok((app, store))
+}
+
+fn create_private_dir(path: &std::path::Path) -> Result<(), StartupError> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(path).map_err(|e| {
+        StartupError(format!(
+            "cannot create data directory {}: {e}",
+            path.display()
+        ))
+    })
+}

@@ -76,9 +76,9 @@ fn open_raw(key: &DataKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoE
 #[derive(serde::Serialize, serde::Deserialize)]
 struct KeyFile {
     active: String,
-    keys: BTreeMap<String, String>,
     #[serde(default)]
     retired: Vec<String>,
+    keys: BTreeMap<String, String>,
 }
 
 /// The installation's master keys, loaded from the key file.

@@ -41,13 +41,19 @@ where
     let admin = pg_admin_url();
     let name = format!("parley_t_{}", uid().simple());
     let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let (base, _) = admin.rsplit_once('/').unwrap();
     let store = SqlStore::connect(&format!("{base}/{name}")).await.unwrap();
     store.migrate().await.unwrap();
     f(store.clone()).await;
     store.close().await;
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut conn).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }
 
 macro_rules! scenario {
@@ -118,11 +124,22 @@ async fn tenant(store: &SqlStore, slug: &str) -> (TenantId, UserRecord) {
         audit_seq: 0,
         audit_head: vec![0; 32],
     };
-    let key = TenantKeyRecord { tenant: id, key_id: 1, master_key_id: "mk-a".into(), wrapped: vec![7; 60], created_at: Timestamp(1) };
+    let key = TenantKeyRecord {
+        tenant: id,
+        key_id: 1,
+        master_key_id: "mk-a".into(),
+        wrapped: vec![7; 60],
+        created_at: Timestamp(1),
+    };
     let mut admin = user(id, b"admin-index", vec![]);
     admin.role = Role::SiteAdmin;
     store
-        .create_tenant(&t, &key, &admin, &[event(id, "tenant.created"), event(id, "user.created")])
+        .create_tenant(
+            &t,
+            &key,
+            &admin,
+            &[event(id, "tenant.created"), event(id, "user.created")],
+        )
         .await
         .unwrap();
     (id, admin)
@@ -144,7 +161,10 @@ mod scenarios {
 
     pub async fn migrations_are_idempotent_and_ready(store: SqlStore) {
         assert!(store.ready().await.unwrap());
-        assert!(store.migrate().await.unwrap().is_empty(), "a second migrate applies nothing");
+        assert!(
+            store.migrate().await.unwrap().is_empty(),
+            "a second migrate applies nothing"
+        );
         assert!(store.ready().await.unwrap());
     }
 
@@ -152,15 +172,30 @@ mod scenarios {
         let (a, _) = tenant(&store, "acme").await;
         let (b, _) = tenant(&store, "globex").await;
         let t = store.tenant(a).await.unwrap().unwrap();
-        assert_eq!((t.slug.as_str(), t.allowed_origins.len(), t.audit_seq), ("acme", 1, 2));
+        assert_eq!(
+            (t.slug.as_str(), t.allowed_origins.len(), t.audit_seq),
+            ("acme", 1, 2)
+        );
         assert_eq!(store.tenant_by_slug("globex").await.unwrap().unwrap().id, b);
         assert!(store.tenant_by_slug("nope").await.unwrap().is_none());
         assert_eq!(store.list_tenants().await.unwrap().len(), 2);
 
         // A duplicate slug is a conflict and leaves nothing behind.
-        let dup = TenantRecord { id: TenantId::from_uuid(uid()), ..t.clone() };
-        let key = TenantKeyRecord { tenant: dup.id, key_id: 1, master_key_id: "mk-a".into(), wrapped: vec![1], created_at: Timestamp(1) };
-        let err = store.create_tenant(&dup, &key, &user(dup.id, b"x", vec![]), &[]).await.unwrap_err();
+        let dup = TenantRecord {
+            id: TenantId::from_uuid(uid()),
+            ..t.clone()
+        };
+        let key = TenantKeyRecord {
+            tenant: dup.id,
+            key_id: 1,
+            master_key_id: "mk-a".into(),
+            wrapped: vec![1],
+            created_at: Timestamp(1),
+        };
+        let err = store
+            .create_tenant(&dup, &key, &user(dup.id, b"x", vec![]), &[])
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Conflict("slug")), "{err:?}");
         assert_eq!(store.all_tenant_keys().await.unwrap().len(), 2);
 
@@ -168,13 +203,26 @@ mod scenarios {
         assert_eq!(keys.len(), 1);
         keys[0].master_key_id = "mk-b".into();
         keys[0].wrapped = vec![8; 60];
-        store.rewrap_tenant_keys(a, &keys, &event(a, "keys.rotated")).await.unwrap();
+        store
+            .rewrap_tenant_keys(a, &keys, &event(a, "keys.rotated"))
+            .await
+            .unwrap();
         let again = store.tenant_keys(a).await.unwrap();
-        assert_eq!((again[0].master_key_id.as_str(), again[0].wrapped.clone()), ("mk-b", vec![8; 60]));
-        assert_eq!(store.tenant_keys(b).await.unwrap()[0].master_key_id, "mk-a", "other tenant untouched");
+        assert_eq!(
+            (again[0].master_key_id.as_str(), again[0].wrapped.clone()),
+            ("mk-b", vec![8; 60])
+        );
+        assert_eq!(
+            store.tenant_keys(b).await.unwrap()[0].master_key_id,
+            "mk-a",
+            "other tenant untouched"
+        );
 
         let ev = event(a, "site.updated");
-        store.update_tenant(a, Some(vec![1, 1]), Some(vec![]), &ev).await.unwrap();
+        store
+            .update_tenant(a, Some(vec![1, 1]), Some(vec![]), &ev)
+            .await
+            .unwrap();
         let t = store.tenant(a).await.unwrap().unwrap();
         assert_eq!((t.name_ct, t.allowed_origins.len()), (vec![1, 1], 0));
     }
@@ -182,23 +230,49 @@ mod scenarios {
     pub async fn departments_are_tenant_scoped(store: SqlStore) {
         let (a, _) = tenant(&store, "acme").await;
         let (b, _) = tenant(&store, "globex").await;
-        let d = DepartmentRecord { id: DepartmentId::from_uuid(uid()), tenant: a, name: "Sales".into(), created_at: Timestamp(2) };
-        store.create_department(a, &d, &event(a, "department.created")).await.unwrap();
-        let dup = DepartmentRecord { id: DepartmentId::from_uuid(uid()), name: "SALES".into(), ..d.clone() };
+        let d = DepartmentRecord {
+            id: DepartmentId::from_uuid(uid()),
+            tenant: a,
+            name: "Sales".into(),
+            created_at: Timestamp(2),
+        };
+        store
+            .create_department(a, &d, &event(a, "department.created"))
+            .await
+            .unwrap();
+        let dup = DepartmentRecord {
+            id: DepartmentId::from_uuid(uid()),
+            name: "SALES".into(),
+            ..d.clone()
+        };
         assert!(matches!(
-            store.create_department(a, &dup, &event(a, "department.created")).await,
+            store
+                .create_department(a, &dup, &event(a, "department.created"))
+                .await,
             Err(StoreError::Conflict("department_name"))
         ));
         // The same name in another tenant is fine.
-        let other = DepartmentRecord { id: DepartmentId::from_uuid(uid()), tenant: b, ..d.clone() };
-        store.create_department(b, &other, &event(b, "department.created")).await.unwrap();
+        let other = DepartmentRecord {
+            id: DepartmentId::from_uuid(uid()),
+            tenant: b,
+            ..d.clone()
+        };
+        store
+            .create_department(b, &other, &event(b, "department.created"))
+            .await
+            .unwrap();
         assert_eq!(store.list_departments(a).await.unwrap().len(), 1);
         // Tenant b cannot rename tenant a's department.
         assert!(matches!(
-            store.rename_department(b, d.id, "Stolen", &event(b, "department.renamed")).await,
+            store
+                .rename_department(b, d.id, "Stolen", &event(b, "department.renamed"))
+                .await,
             Err(StoreError::NotFound)
         ));
-        store.rename_department(a, d.id, "Support", &event(a, "department.renamed")).await.unwrap();
+        store
+            .rename_department(a, d.id, "Support", &event(a, "department.renamed"))
+            .await
+            .unwrap();
         assert_eq!(store.list_departments(a).await.unwrap()[0].name, "Support");
         assert_eq!(store.list_departments(b).await.unwrap()[0].name, "Sales");
     }
@@ -206,73 +280,189 @@ mod scenarios {
     pub async fn users_are_tenant_scoped_and_unique_per_tenant(store: SqlStore) {
         let (a, admin_a) = tenant(&store, "acme").await;
         let (b, _) = tenant(&store, "globex").await;
-        let da = DepartmentRecord { id: DepartmentId::from_uuid(uid()), tenant: a, name: "Sales".into(), created_at: Timestamp(2) };
-        let db = DepartmentRecord { id: DepartmentId::from_uuid(uid()), tenant: b, name: "Sales".into(), created_at: Timestamp(2) };
-        store.create_department(a, &da, &event(a, "department.created")).await.unwrap();
-        store.create_department(b, &db, &event(b, "department.created")).await.unwrap();
+        let da = DepartmentRecord {
+            id: DepartmentId::from_uuid(uid()),
+            tenant: a,
+            name: "Sales".into(),
+            created_at: Timestamp(2),
+        };
+        let db = DepartmentRecord {
+            id: DepartmentId::from_uuid(uid()),
+            tenant: b,
+            name: "Sales".into(),
+            created_at: Timestamp(2),
+        };
+        store
+            .create_department(a, &da, &event(a, "department.created"))
+            .await
+            .unwrap();
+        store
+            .create_department(b, &db, &event(b, "department.created"))
+            .await
+            .unwrap();
 
         let u = user(a, b"jane", vec![da.id]);
-        store.create_user(a, &u, &event(a, "user.created")).await.unwrap();
-        let found = store.user_by_email_index(a, b"jane").await.unwrap().unwrap();
-        assert_eq!((found.id, found.departments.clone(), found.role), (u.id, vec![da.id], Role::Agent));
-        assert!(store.user_by_email_index(b, b"jane").await.unwrap().is_none());
-        assert!(store.user(b, u.id).await.unwrap().is_none(), "tenant b cannot read a's user");
+        store
+            .create_user(a, &u, &event(a, "user.created"))
+            .await
+            .unwrap();
+        let found = store
+            .user_by_email_index(a, b"jane")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (found.id, found.departments.clone(), found.role),
+            (u.id, vec![da.id], Role::Agent)
+        );
+        assert!(
+            store
+                .user_by_email_index(b, b"jane")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store.user(b, u.id).await.unwrap().is_none(),
+            "tenant b cannot read a's user"
+        );
 
         assert!(matches!(
-            store.create_user(a, &user(a, b"jane", vec![]), &event(a, "user.created")).await,
+            store
+                .create_user(a, &user(a, b"jane", vec![]), &event(a, "user.created"))
+                .await,
             Err(StoreError::Conflict("email"))
         ));
-        store.create_user(b, &user(b, b"jane", vec![]), &event(b, "user.created")).await.unwrap();
+        store
+            .create_user(b, &user(b, b"jane", vec![]), &event(b, "user.created"))
+            .await
+            .unwrap();
         // A user cannot be put in another tenant's department, nor created under another tenant.
         assert!(matches!(
-            store.create_user(a, &user(a, b"joe", vec![db.id]), &event(a, "user.created")).await,
+            store
+                .create_user(a, &user(a, b"joe", vec![db.id]), &event(a, "user.created"))
+                .await,
             Err(StoreError::NotFound)
         ));
-        assert!(store.user_by_email_index(a, b"joe").await.unwrap().is_none(), "rolled back");
-        assert!(store.create_user(a, &user(b, b"x", vec![]), &event(a, "user.created")).await.is_err());
+        assert!(
+            store
+                .user_by_email_index(a, b"joe")
+                .await
+                .unwrap()
+                .is_none(),
+            "rolled back"
+        );
+        assert!(
+            store
+                .create_user(a, &user(b, b"x", vec![]), &event(a, "user.created"))
+                .await
+                .is_err()
+        );
 
-        let changes = UserChanges { role: Some(Role::DepartmentManager), capacity: Some(7), departments: Some(vec![]), ..Default::default() };
-        store.update_user(a, u.id, &changes, Timestamp(5), &event(a, "user.updated")).await.unwrap();
+        let changes = UserChanges {
+            role: Some(Role::DepartmentManager),
+            capacity: Some(7),
+            departments: Some(vec![]),
+            ..Default::default()
+        };
+        store
+            .update_user(a, u.id, &changes, Timestamp(5), &event(a, "user.updated"))
+            .await
+            .unwrap();
         let got = store.user(a, u.id).await.unwrap().unwrap();
-        assert_eq!((got.role, got.capacity, got.departments.len(), got.updated_at), (Role::DepartmentManager, 7, 0, Timestamp(5)));
+        assert_eq!(
+            (
+                got.role,
+                got.capacity,
+                got.departments.len(),
+                got.updated_at
+            ),
+            (Role::DepartmentManager, 7, 0, Timestamp(5))
+        );
         assert!(matches!(
-            store.update_user(b, u.id, &changes, Timestamp(6), &event(b, "user.updated")).await,
+            store
+                .update_user(b, u.id, &changes, Timestamp(6), &event(b, "user.updated"))
+                .await,
             Err(StoreError::NotFound)
         ));
         let users = store.list_users(a).await.unwrap();
-        assert_eq!(users.iter().map(|u| u.id).collect::<Vec<_>>(), vec![admin_a.id, u.id]);
+        assert_eq!(
+            users.iter().map(|u| u.id).collect::<Vec<_>>(),
+            vec![admin_a.id, u.id]
+        );
     }
 
     pub async fn disabling_a_user_ends_their_sessions(store: SqlStore) {
         let (a, admin) = tenant(&store, "acme").await;
         let u = user(a, b"jane", vec![]);
-        store.create_user(a, &u, &event(a, "user.created")).await.unwrap();
-        store.create_session(a, &session(a, u.id, b"s1"), &event(a, "auth.sign_in")).await.unwrap();
-        store.create_session(a, &session(a, admin.id, b"s2"), &event(a, "auth.sign_in")).await.unwrap();
+        store
+            .create_user(a, &u, &event(a, "user.created"))
+            .await
+            .unwrap();
+        store
+            .create_session(a, &session(a, u.id, b"s1"), &event(a, "auth.sign_in"))
+            .await
+            .unwrap();
+        store
+            .create_session(a, &session(a, admin.id, b"s2"), &event(a, "auth.sign_in"))
+            .await
+            .unwrap();
         assert!(store.session(b"s1").await.unwrap().is_some());
-        store.touch_session(a, b"s1", Timestamp(50), Timestamp(500)).await.unwrap();
-        assert_eq!(store.session(b"s1").await.unwrap().unwrap().expires_at, Timestamp(500));
-        let off = UserChanges { disabled: Some(true), ..Default::default() };
-        store.update_user(a, u.id, &off, Timestamp(9), &event(a, "user.disabled")).await.unwrap();
+        store
+            .touch_session(a, b"s1", Timestamp(50), Timestamp(500))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.session(b"s1").await.unwrap().unwrap().expires_at,
+            Timestamp(500)
+        );
+        let off = UserChanges {
+            disabled: Some(true),
+            ..Default::default()
+        };
+        store
+            .update_user(a, u.id, &off, Timestamp(9), &event(a, "user.disabled"))
+            .await
+            .unwrap();
         assert!(store.session(b"s1").await.unwrap().is_none());
-        assert!(store.session(b"s2").await.unwrap().is_some(), "other users keep theirs");
+        assert!(
+            store.session(b"s2").await.unwrap().is_some(),
+            "other users keep theirs"
+        );
         assert!(store.user(a, u.id).await.unwrap().unwrap().disabled);
-        store.delete_session(a, b"s2", Some(&event(a, "auth.sign_out"))).await.unwrap();
+        store
+            .delete_session(a, b"s2", Some(&event(a, "auth.sign_out")))
+            .await
+            .unwrap();
         assert!(store.session(b"s2").await.unwrap().is_none());
     }
 
     pub async fn password_change_keeps_only_the_current_session(store: SqlStore) {
         let (a, admin) = tenant(&store, "acme").await;
         for t in [&b"s1"[..], b"s2", b"s3"] {
-            store.create_session(a, &session(a, admin.id, t), &event(a, "auth.sign_in")).await.unwrap();
+            store
+                .create_session(a, &session(a, admin.id, t), &event(a, "auth.sign_in"))
+                .await
+                .unwrap();
         }
-        let change = PasswordChange { password_hash: "$argon2id$new", must_change: false, keep_session: Some(b"s2"), at: Timestamp(3) };
-        store.set_password(a, admin.id, &change, &event(a, "auth.password_changed")).await.unwrap();
+        let change = PasswordChange {
+            password_hash: "$argon2id$new",
+            must_change: false,
+            keep_session: Some(b"s2"),
+            at: Timestamp(3),
+        };
+        store
+            .set_password(a, admin.id, &change, &event(a, "auth.password_changed"))
+            .await
+            .unwrap();
         assert!(store.session(b"s1").await.unwrap().is_none());
         assert!(store.session(b"s2").await.unwrap().is_some());
         assert!(store.session(b"s3").await.unwrap().is_none());
         let u = store.user(a, admin.id).await.unwrap().unwrap();
-        assert_eq!((u.password_hash.as_str(), u.must_change_password), ("$argon2id$new", false));
+        assert_eq!(
+            (u.password_hash.as_str(), u.must_change_password),
+            ("$argon2id$new", false)
+        );
     }
 
     pub async fn audit_chain_is_gapless_under_concurrency(store: SqlStore) {
@@ -282,7 +472,9 @@ mod scenarios {
         for i in 0..24 {
             let s = store.clone();
             let t = if i % 3 == 0 { b } else { a };
-            tasks.push(tokio::spawn(async move { s.append_audit(t, &event(t, "access.denied")).await }));
+            tasks.push(tokio::spawn(async move {
+                s.append_audit(t, &event(t, "access.denied")).await
+            }));
         }
         for t in tasks {
             t.await.unwrap().unwrap();
@@ -293,21 +485,34 @@ mod scenarios {
             let mut prev = vec![0u8; 32];
             for (i, e) in events.iter().enumerate() {
                 assert_eq!(e.seq, i as i64 + 1);
-                assert_eq!(e.prev_hash, prev, "event {} links to its predecessor", e.seq);
+                assert_eq!(
+                    e.prev_hash, prev,
+                    "event {} links to its predecessor",
+                    e.seq
+                );
                 assert_eq!(parley_crypto::chain_hash(&e.prev_hash, e).to_vec(), e.hash);
                 prev = e.hash.clone();
             }
             let head = store.tenant(t).await.unwrap().unwrap();
             assert_eq!((head.audit_seq, head.audit_head), (expected as i64, prev));
             let recent = store.recent_audit_events(t, 3).await.unwrap();
-            assert_eq!(recent.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![expected as i64, expected as i64 - 1, expected as i64 - 2]);
+            assert_eq!(
+                recent.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                vec![expected as i64, expected as i64 - 1, expected as i64 - 2]
+            );
         }
     }
 
     pub async fn audit_event_for_unknown_tenant_is_refused(store: SqlStore) {
         let (a, _) = tenant(&store, "acme").await;
         let ghost = TenantId::from_uuid(uid());
-        assert!(matches!(store.append_audit(ghost, &event(ghost, "x")).await, Err(StoreError::NotFound)));
-        assert!(store.append_audit(a, &event(ghost, "x")).await.is_err(), "event must belong to the tenant named");
+        assert!(matches!(
+            store.append_audit(ghost, &event(ghost, "x")).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(
+            store.append_audit(a, &event(ghost, "x")).await.is_err(),
+            "event must belong to the tenant named"
+        );
     }
 }

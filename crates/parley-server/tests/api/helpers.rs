@@ -1,0 +1,234 @@
+//! Spawns real Parley nodes on port 0 with a temp database (SQLite file, or a fresh PostgreSQL
+//! database on the private server from scripts/test) and drives them over HTTP.
+
+use parley_app::{App, TenantCreated};
+use parley_server::config::Config;
+use parley_server::http::{self, AppState, HttpSettings};
+use parley_server::startup;
+use parley_server::telemetry::LogFormat;
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub app: App,
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+    pub pg_db: Option<String>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+pub const PASSWORD: &str = "Correct-Horse-9-Battery";
+
+impl TestApp {
+    pub async fn spawn(db: Db) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let (database_url, pg_db) = match db {
+            Db::Sqlite => (
+                format!("sqlite://{}", dir.path().join("parley.db").display()),
+                None,
+            ),
+            Db::Postgres => {
+                let admin = std::env::var("PARLEY_TEST_PG_URL")
+                    .expect("PARLEY_TEST_PG_URL is not set: run the tests through scripts/test");
+                let name = format!("parley_api_{}", uuid::Uuid::now_v7().simple());
+                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let (base, _) = admin.rsplit_once('/').unwrap();
+                (format!("{base}/{name}"), Some(name))
+            }
+        };
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_owned(),
+            database_url,
+            master_key_file: dir.path().join("master.key"),
+            public_url: None,
+            log_format: LogFormat::Text,
+            trust_proxy: false,
+        };
+        let (app, _store) = startup::open_app(&config, true).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = AppState {
+            app: app.clone(),
+            settings: Arc::new(HttpSettings {
+                public_url: None,
+                trust_proxy: false,
+            }),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(http::serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        TestApp {
+            addr,
+            app,
+            config,
+            dir,
+            pg_db,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.url(""))
+    }
+
+    pub async fn tenant(&self, name: &str) -> TenantCreated {
+        self.app
+            .create_tenant(
+                name,
+                None,
+                &format!("admin@{}.test", name.to_lowercase().replace(' ', "")),
+                Some("Ada Admin"),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// A site administrator, signed in with a changed (usable) password.
+    pub async fn admin(&self, t: &TenantCreated) -> Client {
+        let c = self.client();
+        c.first_sign_in(&t.slug, &t.admin_email, &t.one_time_password)
+            .await;
+        c
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        self.config.master_key_file.clone()
+    }
+
+    /// Stop the server and drop the PostgreSQL database.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(name) = self.pg_db.take() {
+            let admin = std::env::var("PARLEY_TEST_PG_URL").unwrap();
+            let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+            sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// An HTTP client with its own cookie jar, like one browser.
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub csrf: std::sync::Mutex<Option<String>>,
+}
+
+pub struct Res {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Res {
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+}
+
+impl Client {
+    pub fn new(base: String) -> Client {
+        let http = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Client {
+            http,
+            base,
+            csrf: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Res {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        if method != reqwest::Method::GET {
+            if let Some(t) = self.csrf.lock().unwrap().clone() {
+                req = req.header("x-csrf-token", t);
+            }
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Res {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Res {
+        self.send("GET", path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> Res {
+        self.send("POST", path, Some(body)).await
+    }
+    pub async fn patch(&self, path: &str, body: Value) -> Res {
+        self.send("PATCH", path, Some(body)).await
+    }
+
+    pub async fn sign_in(&self, workspace: &str, email: &str, password: &str) -> Res {
+        let r = self
+            .post(
+                "/api/auth/sign-in",
+                json!({ "workspace": workspace, "email": email, "password": password }),
+            )
+            .await;
+        if r.status == StatusCode::OK {
+            *self.csrf.lock().unwrap() = Some(r.body["csrf_token"].as_str().unwrap().to_owned());
+        }
+        r
+    }
+
+    /// Sign in with a one-time password and replace it with `PASSWORD`.
+    pub async fn first_sign_in(&self, workspace: &str, email: &str, one_time: &str) {
+        let r = self.sign_in(workspace, email, one_time).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        assert_eq!(r.body["must_change_password"], true);
+        let r = self
+            .post(
+                "/api/auth/password",
+                json!({ "current_password": one_time, "new_password": PASSWORD }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
+    }
+}
+
+pub fn value_str(v: &Value) -> String {
+    v.as_str().unwrap().to_owned()
+}

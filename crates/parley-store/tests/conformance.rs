@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 //! The store conformance suite: every scenario runs against SQLite (a temp file) and PostgreSQL
 //! (a database created for the test and dropped after it, on the server named by
 //! `PARLEY_TEST_PG_URL`, which `scripts/test` starts privately). Both always run.

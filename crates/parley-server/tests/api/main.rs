@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 //! API tests through the real server: every test spawns a node on port 0 with its own database.
 //! Scenarios marked `both!` run on SQLite and on PostgreSQL.
 

@@ -48,7 +48,7 @@ async function start(s) {
 async function showSite(panel) {
   const site = await api('GET', '/site');
   const name = el('input', { name: 'site-name', value: site.name, disabled: !can('edit_site') });
-  const origins = el('textarea', { name: 'origins', rows: 4, disabled: !can('edit_site_security'), style: 'width:100%;font:inherit' });
+  const origins = el('textarea', { name: 'origins', rows: 4, disabled: !can('edit_site_security') });
   origins.value = site.allowed_origins.join('\n');
   const error = el('p', { class: 'error', role: 'alert' });
   const notice = el('p', { class: 'notice', role: 'status' });
@@ -148,7 +148,7 @@ function newUserForm(panel) {
   const result = el('div', { role: 'status' });
   const form = el('form', { class: 'card' }, el('h2', {}, 'New user'),
     el('div', { class: 'row' }, field('Email', email), field('Display name', name)),
-    el('div', { class: 'row' }, field('Role', role), field('Departments', depts, 'Ctrl/Cmd-click to pick several.'), field('Chat capacity', capacity)),
+    el('div', { class: 'row top' }, field('Role', role), field('Departments', depts, 'Ctrl/Cmd-click to pick several.'), field('Chat capacity', capacity)),
     error,
     el('div', { class: 'actions' }, el('button', { type: 'submit', class: 'primary' }, 'Create user')),
     result);

@@ -13,13 +13,15 @@ signIn(root, (session) => {
   const depts = session.departments.length
     ? el('ul', { id: 'my-departments' }, session.departments.map((d) => el('li', {}, d.name)))
     : el('p', { class: 'hint', id: 'my-departments' }, 'You are not in any department yet. Ask your administrator to add you.');
-  root.replaceChildren(
+  const parts = [
     el('section', { class: 'card' },
       el('h2', { id: 'welcome' }, `Signed in as ${u.display_name}`),
       el('p', {}, el('span', { class: 'badge', id: 'my-role' }, ROLE_NAMES[u.role]), ' ', u.email),
       el('p', {}, `Chat capacity: ${u.capacity} at a time`)),
     el('section', { class: 'card' }, el('h2', {}, 'Your departments'), depts),
-    session.permissions.includes('view_users')
-      ? el('p', {}, el('a', { href: '/admin' }, 'Open the admin panel'))
-      : null);
+  ];
+  if (session.permissions.includes('view_users')) {
+    parts.push(el('p', {}, el('a', { href: '/admin' }, 'Open the admin panel')));
+  }
+  root.replaceChildren(...parts);
 });

@@ -57,7 +57,9 @@ impl App {
             None => Slug::from_name(&name)?,
         };
         let email = EmailAddress::parse(admin_email)?;
-        let admin_name = DisplayName::parse(admin_name.unwrap_or("Site administrator"))?;
+        // Without a name, the administrator is called by their email's local part until they change it.
+        let local_part = email.as_str().split('@').next().unwrap_or("admin").to_owned();
+        let admin_name = DisplayName::parse(admin_name.unwrap_or(&local_part))?;
         let now = self.now();
         let tenant = TenantId::from_uuid(self.new_id());
         let key = DataKey::generate();

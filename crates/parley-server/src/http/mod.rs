@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/", get(web::index))
+        .route("/favicon.ico", get(web::favicon))
         .route("/admin", get(web::admin))
         .route("/console", get(web::console))
         .route("/static/{file}", get(web::asset))

@@ -52,6 +52,10 @@ fn html(body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
 }
 
+pub async fn favicon() -> Redirect {
+    Redirect::permanent("/static/icon.svg")
+}
+
 pub async fn index() -> Redirect {
     Redirect::to("/console")
 }

@@ -58,7 +58,12 @@ impl App {
         };
         let email = EmailAddress::parse(admin_email)?;
         // Without a name, the administrator is called by their email's local part until they change it.
-        let local_part = email.as_str().split('@').next().unwrap_or("admin").to_owned();
+        let local_part = email
+            .as_str()
+            .split('@')
+            .next()
+            .unwrap_or("admin")
+            .to_owned();
         let admin_name = DisplayName::parse(admin_name.unwrap_or(&local_part))?;
         let now = self.now();
         let tenant = TenantId::from_uuid(self.new_id());

@@ -71,17 +71,16 @@ impl FromRequestParts<AppState> for ClientIp {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if state.settings.trust_proxy {
-            if let Some(hop) = parts
+        if state.settings.trust_proxy
+            && let Some(hop) = parts
                 .headers
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.rsplit(',').next())
                 .map(str::trim)
                 .filter(|s| s.parse::<std::net::IpAddr>().is_ok())
-            {
-                return Ok(ClientIp(Some(hop.to_owned())));
-            }
+        {
+            return Ok(ClientIp(Some(hop.to_owned())));
         }
         let peer = parts
             .extensions

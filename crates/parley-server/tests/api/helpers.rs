@@ -171,10 +171,10 @@ impl Client {
         let mut req = self
             .http
             .request(method.clone(), format!("{}{path}", self.base));
-        if method != reqwest::Method::GET {
-            if let Some(t) = self.csrf.lock().unwrap().clone() {
-                req = req.header("x-csrf-token", t);
-            }
+        if method != reqwest::Method::GET
+            && let Some(t) = self.csrf.lock().unwrap().clone()
+        {
+            req = req.header("x-csrf-token", t);
         }
         if let Some(b) = body {
             req = req.json(&b);

@@ -57,3 +57,15 @@ typed_id!(
     /// One row of a tenant's audit trail.
     AuditEventId
 );
+typed_id!(
+    /// An anonymous website visitor, known by a server-issued token.
+    VisitorId
+);
+typed_id!(
+    /// A chat between a visitor and the business.
+    ConversationId
+);
+typed_id!(
+    /// A message a visitor left while no agent was online.
+    OfflineMessageId
+);

@@ -5,14 +5,16 @@
 //! newtypes below at the edge ("parse, don't validate"); past the edge a value that exists is valid.
 
 pub mod audit;
+pub mod conversation;
 pub mod error;
 pub mod ids;
 pub mod permission;
+pub mod routing;
 pub mod store;
 pub mod values;
 
 pub use error::DomainError;
-pub use ids::{DepartmentId, TenantId, UserId};
+pub use ids::{ConversationId, DepartmentId, OfflineMessageId, TenantId, UserId, VisitorId};
 pub use permission::{Permission, Role};
 
 /// Milliseconds since the Unix epoch, UTC. The only time representation stored or compared.

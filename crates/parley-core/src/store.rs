@@ -102,7 +102,7 @@ pub struct SessionRecord {
 }
 
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ChatStore + Send + Sync + 'static {
     /// "sqlite" or "postgres".
     fn backend(&self) -> &'static str;
     /// Apply pending migrations; returns the versions applied now.
@@ -225,4 +225,261 @@ pub trait Store: Send + Sync + 'static {
         tenant: TenantId,
         limit: i64,
     ) -> StoreResult<Vec<AuditRecord>>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat: visitors, conversations, events, presence, routing, offline messages.
+
+use crate::conversation::{AgentStatus, ConversationStatus, EventKind};
+use crate::routing::Candidate;
+use crate::{ConversationId, OfflineMessageId, VisitorId};
+
+#[derive(Debug, Clone)]
+pub struct VisitorRecord {
+    pub id: VisitorId,
+    pub tenant: TenantId,
+    pub token_hash: Vec<u8>,
+    pub created_at: Timestamp,
+    pub last_seen_at: Timestamp,
+}
+
+/// A department's routing settings.
+#[derive(Debug, Clone)]
+pub struct DepartmentRouting {
+    pub department: DepartmentId,
+    /// `offer` (the chosen agent accepts or lets it time out) or `assign` (given directly).
+    pub mode: String,
+    pub offer_timeout_ms: i64,
+    /// JSON object: field -> "required" | "optional" | "hidden", for name, email, question.
+    pub prechat_fields: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConversationRecord {
+    pub id: ConversationId,
+    pub tenant: TenantId,
+    pub visitor: VisitorId,
+    pub department: DepartmentId,
+    pub status: ConversationStatus,
+    pub agent: Option<UserId>,
+    pub offered_to: Option<UserId>,
+    pub offer_expires_at: Option<Timestamp>,
+    /// Agents who rejected the chat or let an offer lapse; they are not offered it again.
+    pub declined_by: Vec<UserId>,
+    /// The pre-chat answers (JSON), encrypted under the tenant key.
+    pub prechat_ct: Vec<u8>,
+    pub last_seq: i64,
+    pub created_at: Timestamp,
+    pub queued_at: Timestamp,
+    pub ended_at: Option<Timestamp>,
+}
+
+/// An event to append. The store allocates its sequence number inside the transaction.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: EventKind,
+    /// `visitor`, `agent:<id>` or `system`.
+    pub author: String,
+    pub client_msg_id: Option<String>,
+    /// JSON object of non-personal data (e.g. the agent's id on `assigned`).
+    pub data: String,
+    pub at: Timestamp,
+}
+
+/// Seals an event's body once its sequence number is known, so the ciphertext's associated data
+/// can bind tenant, conversation and sequence number.
+pub type Sealer<'a> = &'a (dyn Fn(i64) -> Vec<u8> + Send + Sync);
+
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub conversation: ConversationId,
+    pub seq: i64,
+    pub kind: EventKind,
+    pub at: Timestamp,
+    pub author: String,
+    pub client_msg_id: Option<String>,
+    pub body_ct: Option<Vec<u8>>,
+    pub data: String,
+}
+
+/// The outcome of an append: the event's sequence number, and whether it was already stored
+/// under the same `client_msg_id` (then nothing new was written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: i64,
+    pub at: Timestamp,
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PresenceRecord {
+    pub user: UserId,
+    pub status: AgentStatus,
+    pub active_chats: i64,
+    pub idle_since: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct OfflineMessageRecord {
+    pub id: OfflineMessageId,
+    pub tenant: TenantId,
+    pub department: DepartmentId,
+    pub visitor: VisitorId,
+    /// JSON {name, email, message}, encrypted under the tenant key.
+    pub content_ct: Vec<u8>,
+    pub created_at: Timestamp,
+    pub handled_at: Option<Timestamp>,
+    pub handled_by: Option<UserId>,
+}
+
+/// A conversation state change that goes with an appended event, in one transaction.
+#[derive(Debug, Clone)]
+pub enum Transition {
+    /// Only the event.
+    None,
+    /// The agent takes the queued chat, if it is still queued (and, when `offered` is set, still
+    /// offered to them) and they are online below capacity.
+    Assign { agent: UserId, require_offer: bool },
+    /// Back to the queue (the agent's count goes down); `decline` records who let it go.
+    Requeue { decline: Option<UserId> },
+    /// To another department's queue, or straight to another agent.
+    Transfer {
+        department: DepartmentId,
+        agent: Option<UserId>,
+    },
+    /// Over; the agent's count goes down.
+    End,
+}
+
+#[async_trait::async_trait]
+pub trait ChatStore: Send + Sync {
+    async fn create_visitor(&self, tenant: TenantId, visitor: &VisitorRecord) -> StoreResult<()>;
+    /// The visitor a token hash names (the token names its tenant only through this row).
+    async fn visitor_by_token(&self, token_hash: &[u8]) -> StoreResult<Option<VisitorRecord>>;
+
+    async fn department_routing(&self, tenant: TenantId) -> StoreResult<Vec<DepartmentRouting>>;
+    async fn set_department_routing(
+        &self,
+        tenant: TenantId,
+        routing: &DepartmentRouting,
+        audit: &AuditEvent,
+    ) -> StoreResult<()>;
+
+    /// Create a queued conversation with its `started` event (seq 1).
+    async fn create_conversation(
+        &self,
+        tenant: TenantId,
+        c: &ConversationRecord,
+        started: &NewEvent,
+    ) -> StoreResult<()>;
+    async fn conversation(
+        &self,
+        tenant: TenantId,
+        id: ConversationId,
+    ) -> StoreResult<Option<ConversationRecord>>;
+    async fn open_conversation_of_visitor(
+        &self,
+        tenant: TenantId,
+        visitor: VisitorId,
+    ) -> StoreResult<Option<ConversationRecord>>;
+    /// Conversations by status (and department), oldest first.
+    async fn conversations_by_status(
+        &self,
+        tenant: TenantId,
+        status: ConversationStatus,
+        department: Option<DepartmentId>,
+    ) -> StoreResult<Vec<ConversationRecord>>;
+    async fn conversations_of_agent(
+        &self,
+        tenant: TenantId,
+        agent: UserId,
+    ) -> StoreResult<Vec<ConversationRecord>>;
+    /// Ended conversations of the given departments, newest first, before `before` (ms).
+    async fn ended_conversations(
+        &self,
+        tenant: TenantId,
+        departments: Option<&[DepartmentId]>,
+        before: Timestamp,
+        limit: i64,
+    ) -> StoreResult<Vec<ConversationRecord>>;
+
+    /// Append an event (with a state change) durably. With a `client_msg_id` already stored for
+    /// the conversation, nothing is written and the original sequence number comes back.
+    /// An ended conversation takes no more events: `Conflict("conversation_ended")`. A transition
+    /// whose condition no longer holds: `Conflict("not_queued" | "capacity" | "not_assigned")`.
+    async fn append_event(
+        &self,
+        tenant: TenantId,
+        conversation: ConversationId,
+        event: &NewEvent,
+        body: Option<Sealer<'_>>,
+        transition: &Transition,
+    ) -> StoreResult<Appended>;
+    /// Events after `after_seq`, in order, at most `limit`.
+    async fn events(
+        &self,
+        tenant: TenantId,
+        conversation: ConversationId,
+        after_seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<EventRecord>>;
+
+    /// Offer a queued, unoffered (or lapsed-offer) conversation to an agent until `expires`.
+    /// False when it is no longer available for an offer.
+    async fn offer(
+        &self,
+        tenant: TenantId,
+        conversation: ConversationId,
+        agent: UserId,
+        now: Timestamp,
+        expires: Timestamp,
+    ) -> StoreResult<bool>;
+    /// Withdraw an offer made to `agent` (rejected or lapsed) and remember that they declined.
+    /// False when the conversation is no longer offered to them.
+    async fn decline_offer(
+        &self,
+        tenant: TenantId,
+        conversation: ConversationId,
+        agent: UserId,
+    ) -> StoreResult<bool>;
+    /// Offers that lapsed before `now`, in every tenant: (tenant, conversation, agent).
+    async fn lapsed_offers(
+        &self,
+        now: Timestamp,
+    ) -> StoreResult<Vec<(TenantId, ConversationId, UserId)>>;
+
+    async fn set_agent_status(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        status: AgentStatus,
+        now: Timestamp,
+    ) -> StoreResult<()>;
+    async fn presence(&self, tenant: TenantId) -> StoreResult<Vec<PresenceRecord>>;
+    /// Online agents of a department with their capacity and load.
+    async fn routing_candidates(
+        &self,
+        tenant: TenantId,
+        department: DepartmentId,
+    ) -> StoreResult<Vec<Candidate>>;
+
+    async fn create_offline_message(
+        &self,
+        tenant: TenantId,
+        m: &OfflineMessageRecord,
+    ) -> StoreResult<()>;
+    async fn offline_messages(
+        &self,
+        tenant: TenantId,
+        departments: Option<&[DepartmentId]>,
+        limit: i64,
+    ) -> StoreResult<Vec<OfflineMessageRecord>>;
+    async fn mark_offline_message_handled(
+        &self,
+        tenant: TenantId,
+        id: OfflineMessageId,
+        by: UserId,
+        at: Timestamp,
+        audit: &AuditEvent,
+    ) -> StoreResult<()>;
 }

@@ -5,6 +5,7 @@
 //! and runs through sqlx's `Any` driver with runtime-checked queries, so no database is needed at
 //! build time. The two migration trees differ only in type names and carry the same versions.
 
+mod chat;
 mod migrations;
 mod sql;
 

@@ -44,11 +44,11 @@ const SQLITE_PRAGMAS: &[&str] = &[
 
 #[derive(Debug, Clone)]
 pub struct SqlStore {
-    pool: AnyPool,
-    backend: Backend,
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
 }
 
-fn db(e: sqlx::Error) -> StoreError {
+pub(crate) fn db(e: sqlx::Error) -> StoreError {
     StoreError::Backend(match &e {
         // Database messages can quote values (PostgreSQL's DETAIL does); keep only the code.
         sqlx::Error::Database(d) => format!("database error code {}", d.code().unwrap_or_default()),
@@ -57,7 +57,7 @@ fn db(e: sqlx::Error) -> StoreError {
 }
 
 /// Map a constraint violation to `Conflict(what)` / `NotFound`, anything else to `Backend`.
-fn db_write(e: sqlx::Error, conflict: &'static str) -> StoreError {
+pub(crate) fn db_write(e: sqlx::Error, conflict: &'static str) -> StoreError {
     if let sqlx::Error::Database(d) = &e {
         match d.kind() {
             sqlx::error::ErrorKind::UniqueViolation => return StoreError::Conflict(conflict),
@@ -68,16 +68,16 @@ fn db_write(e: sqlx::Error, conflict: &'static str) -> StoreError {
     db(e)
 }
 
-fn corrupt(what: &str) -> StoreError {
+pub(crate) fn corrupt(what: &str) -> StoreError {
     StoreError::Backend(format!("stored {what} is malformed"))
 }
 
-fn id<T: FromStr>(row: &AnyRow, col: &str) -> StoreResult<T> {
+pub(crate) fn id<T: FromStr>(row: &AnyRow, col: &str) -> StoreResult<T> {
     let s: String = row.try_get(col).map_err(db)?;
     s.parse().map_err(|_| corrupt(col))
 }
 
-fn flag(b: bool) -> i64 {
+pub(crate) fn flag(b: bool) -> i64 {
     i64::from(b)
 }
 
@@ -163,7 +163,7 @@ const USER_COLUMNS: &str = "tenant_id, id, email_ct, email_index, display_name_c
      password_hash, must_change_password, disabled, created_at, updated_at";
 const AUDIT_COLUMNS: &str = "seq, id, at, actor, action, target, ip, detail, prev_hash, hash";
 
-type Tx = Transaction<'static, Any>;
+pub(crate) type Tx = Transaction<'static, Any>;
 
 /// The statements of a migration file: comment lines dropped, split at `;` ending a line.
 /// (Migrations hold no procedural code, so a statement never contains `;` at a line end.)
@@ -182,7 +182,7 @@ fn statements(sql: &str) -> Vec<String> {
 
 /// Append one audit event inside `tx`: take the tenant's next sequence number and chain head (the
 /// row update also serialises concurrent writers of one tenant), hash, insert, move the head.
-async fn append_audit_tx(tx: &mut Tx, event: &AuditEvent) -> StoreResult<()> {
+pub(crate) async fn append_audit_tx(tx: &mut Tx, event: &AuditEvent) -> StoreResult<()> {
     let head = sqlx::query("UPDATE tenants SET audit_seq = audit_seq + 1 WHERE id = $1 RETURNING audit_seq, audit_head")
         .bind(event.tenant.to_string())
         .fetch_optional(&mut **tx)
@@ -319,7 +319,7 @@ impl SqlStore {
 
     /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so a
     /// transaction that reads before it writes cannot fail half-way on a stale snapshot.
-    async fn begin_write(&self) -> StoreResult<Tx> {
+    pub(crate) async fn begin_write(&self) -> StoreResult<Tx> {
         match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db),
             Backend::Postgres => self.pool.begin().await.map_err(db),

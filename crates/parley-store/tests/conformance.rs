@@ -80,6 +80,11 @@ scenario!(disabling_a_user_ends_their_sessions);
 scenario!(password_change_keeps_only_the_current_session);
 scenario!(audit_chain_is_gapless_under_concurrency);
 scenario!(audit_event_for_unknown_tenant_is_refused);
+scenario!(conversation_log_is_gapless_and_idempotent);
+scenario!(racing_assignments_never_exceed_capacity_or_double_assign);
+scenario!(offers_lapse_and_count_as_load);
+scenario!(transfer_requeue_and_end_move_slots);
+scenario!(visitors_offline_messages_and_isolation);
 
 fn event(tenant: TenantId, action: &'static str) -> AuditEvent {
     AuditEvent {
@@ -159,6 +164,636 @@ fn session(tenant: TenantId, user: UserId, token: &[u8]) -> SessionRecord {
 
 mod scenarios {
     use super::*;
+    use parley_core::conversation::{AgentStatus, ConversationStatus, EventKind};
+    use parley_core::{ConversationId, OfflineMessageId, VisitorId};
+
+    struct Chat {
+        tenant: TenantId,
+        dept: DepartmentId,
+        agents: Vec<UserId>,
+    }
+
+    /// A tenant with one department and `n` online agents of capacity `capacity` in it.
+    async fn chat_setup(store: &SqlStore, slug: &str, n: usize, capacity: i64) -> Chat {
+        let (t, _) = tenant(store, slug).await;
+        let dept = DepartmentRecord {
+            id: DepartmentId::from_uuid(uid()),
+            tenant: t,
+            name: "Sales".into(),
+            created_at: Timestamp(2),
+        };
+        store
+            .create_department(t, &dept, &event(t, "department.created"))
+            .await
+            .unwrap();
+        let mut agents = vec![];
+        for i in 0..n {
+            let mut u = user(t, format!("agent{i}").as_bytes(), vec![dept.id]);
+            u.capacity = capacity;
+            store
+                .create_user(t, &u, &event(t, "user.created"))
+                .await
+                .unwrap();
+            store
+                .set_agent_status(t, u.id, AgentStatus::Online, Timestamp(10 + i as i64))
+                .await
+                .unwrap();
+            agents.push(u.id);
+        }
+        Chat {
+            tenant: t,
+            dept: dept.id,
+            agents,
+        }
+    }
+
+    async fn new_conversation(store: &SqlStore, c: &Chat) -> ConversationId {
+        let visitor = VisitorRecord {
+            id: VisitorId::from_uuid(uid()),
+            tenant: c.tenant,
+            token_hash: uid().as_bytes().to_vec(),
+            created_at: Timestamp(5),
+            last_seen_at: Timestamp(5),
+        };
+        store.create_visitor(c.tenant, &visitor).await.unwrap();
+        let conv = ConversationRecord {
+            id: ConversationId::from_uuid(uid()),
+            tenant: c.tenant,
+            visitor: visitor.id,
+            department: c.dept,
+            status: ConversationStatus::Queued,
+            agent: None,
+            offered_to: None,
+            offer_expires_at: None,
+            declined_by: vec![],
+            prechat_ct: vec![1, 2, 3],
+            last_seq: 1,
+            created_at: Timestamp(20),
+            queued_at: Timestamp(20),
+            ended_at: None,
+        };
+        store
+            .create_conversation(c.tenant, &conv, &new_event(EventKind::Started, None))
+            .await
+            .unwrap();
+        conv.id
+    }
+
+    fn new_event(kind: EventKind, client: Option<&str>) -> NewEvent {
+        NewEvent {
+            kind,
+            author: "visitor".into(),
+            client_msg_id: client.map(str::to_owned),
+            data: "{}".into(),
+            at: Timestamp(30),
+        }
+    }
+
+    pub async fn conversation_log_is_gapless_and_idempotent(store: SqlStore) {
+        let c = chat_setup(&store, "acme", 1, 2).await;
+        let conv = new_conversation(&store, &c).await;
+        let seal = |seq: i64| format!("sealed-{seq}").into_bytes();
+        let mut seqs = vec![];
+        for i in 0..5 {
+            let a = store
+                .append_event(
+                    c.tenant,
+                    conv,
+                    &new_event(EventKind::Message, Some(&format!("m{i}"))),
+                    Some(&seal),
+                    &Transition::None,
+                )
+                .await
+                .unwrap();
+            assert!(!a.duplicate);
+            seqs.push(a.seq);
+        }
+        assert_eq!(seqs, vec![2, 3, 4, 5, 6]);
+        // A resend with the same client id returns the original seq and writes nothing.
+        let again = store
+            .append_event(
+                c.tenant,
+                conv,
+                &new_event(EventKind::Message, Some("m2")),
+                Some(&seal),
+                &Transition::None,
+            )
+            .await
+            .unwrap();
+        assert_eq!((again.seq, again.duplicate), (4, true));
+        let events = store.events(c.tenant, conv, 0, 100).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5, 6]
+        );
+        assert_eq!(events[0].kind, EventKind::Started);
+        assert_eq!(
+            events[3].body_ct.as_deref(),
+            Some(&b"sealed-4"[..]),
+            "sealed with its own seq"
+        );
+        assert_eq!(
+            store.events(c.tenant, conv, 4, 1).await.unwrap()[0].seq,
+            5,
+            "resume after a seq"
+        );
+        store
+            .append_event(
+                c.tenant,
+                conv,
+                &new_event(EventKind::Ended, None),
+                None,
+                &Transition::End,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            store
+                .append_event(
+                    c.tenant,
+                    conv,
+                    &new_event(EventKind::Message, Some("late")),
+                    Some(&seal),
+                    &Transition::None
+                )
+                .await,
+            Err(StoreError::Conflict("conversation_ended"))
+        ));
+        assert!(matches!(
+            store
+                .append_event(
+                    c.tenant,
+                    ConversationId::from_uuid(uid()),
+                    &new_event(EventKind::Message, None),
+                    None,
+                    &Transition::None
+                )
+                .await,
+            Err(StoreError::NotFound)
+        ));
+        let conv = store.conversation(c.tenant, conv).await.unwrap().unwrap();
+        assert_eq!((conv.status, conv.last_seq), (ConversationStatus::Ended, 7));
+    }
+
+    pub async fn racing_assignments_never_exceed_capacity_or_double_assign(store: SqlStore) {
+        let c = chat_setup(&store, "acme", 3, 2).await;
+        let mut convs = vec![];
+        for _ in 0..12 {
+            convs.push(new_conversation(&store, &c).await);
+        }
+        // Every agent tries to take every chat at once.
+        let mut tasks = vec![];
+        for conv in &convs {
+            for agent in &c.agents {
+                let (s, t, conv, agent) = (store.clone(), c.tenant, *conv, *agent);
+                tasks.push(tokio::spawn(async move {
+                    let e = NewEvent {
+                        kind: EventKind::Assigned,
+                        author: format!("agent:{agent}"),
+                        client_msg_id: None,
+                        data: "{}".into(),
+                        at: Timestamp(40),
+                    };
+                    s.append_event(
+                        t,
+                        conv,
+                        &e,
+                        None,
+                        &Transition::Assign {
+                            agent,
+                            require_offer: false,
+                        },
+                    )
+                    .await
+                    .map(|_| (conv, agent))
+                }));
+            }
+        }
+        let mut won = vec![];
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(w) => won.push(w),
+                Err(StoreError::Conflict("capacity" | "not_queued")) => {}
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert_eq!(won.len(), 6, "3 agents x capacity 2");
+        let mut per_conv = std::collections::HashMap::new();
+        for (conv, agent) in &won {
+            assert!(
+                per_conv.insert(*conv, *agent).is_none(),
+                "a chat assigned twice"
+            );
+        }
+        let presence = store.presence(c.tenant).await.unwrap();
+        for agent in &c.agents {
+            let assigned = store
+                .conversations_of_agent(c.tenant, *agent)
+                .await
+                .unwrap()
+                .len();
+            assert_eq!(assigned, 2);
+            assert_eq!(
+                presence
+                    .iter()
+                    .find(|p| p.user == *agent)
+                    .unwrap()
+                    .active_chats,
+                2
+            );
+        }
+        for conv in &convs {
+            let events = store.events(c.tenant, *conv, 0, 100).await.unwrap();
+            let assigned = events
+                .iter()
+                .filter(|e| e.kind == EventKind::Assigned)
+                .count();
+            assert_eq!(assigned, usize::from(per_conv.contains_key(conv)));
+        }
+        assert!(
+            store
+                .routing_candidates(c.tenant, c.dept)
+                .await
+                .unwrap()
+                .iter()
+                .all(|k| k.active_chats == k.capacity)
+        );
+    }
+
+    pub async fn offers_lapse_and_count_as_load(store: SqlStore) {
+        let c = chat_setup(&store, "acme", 1, 1).await;
+        let (a, conv) = (c.agents[0], new_conversation(&store, &c).await);
+        let conv2 = new_conversation(&store, &c).await;
+        assert!(
+            store
+                .offer(c.tenant, conv, a, Timestamp(100), Timestamp(130))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .offer(c.tenant, conv, a, Timestamp(110), Timestamp(140))
+                .await
+                .unwrap(),
+            "already offered"
+        );
+        assert_eq!(
+            store.routing_candidates(c.tenant, c.dept).await.unwrap()[0].active_chats,
+            1,
+            "an open offer is load"
+        );
+        assert!(
+            store
+                .lapsed_offers(Timestamp(120))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.lapsed_offers(Timestamp(131)).await.unwrap(),
+            vec![(c.tenant, conv, a)]
+        );
+        assert!(store.decline_offer(c.tenant, conv, a).await.unwrap());
+        assert!(!store.decline_offer(c.tenant, conv, a).await.unwrap());
+        let rec = store.conversation(c.tenant, conv).await.unwrap().unwrap();
+        assert_eq!((rec.offered_to, rec.declined_by), (None, vec![a]));
+        // Accepting requires the offer to still be theirs.
+        let e = NewEvent {
+            kind: EventKind::Assigned,
+            author: format!("agent:{a}"),
+            client_msg_id: None,
+            data: "{}".into(),
+            at: Timestamp(150),
+        };
+        assert!(matches!(
+            store
+                .append_event(
+                    c.tenant,
+                    conv2,
+                    &e,
+                    None,
+                    &Transition::Assign {
+                        agent: a,
+                        require_offer: true
+                    }
+                )
+                .await,
+            Err(StoreError::Conflict("not_queued"))
+        ));
+        assert!(
+            store
+                .offer(c.tenant, conv2, a, Timestamp(150), Timestamp(180))
+                .await
+                .unwrap()
+        );
+        store
+            .append_event(
+                c.tenant,
+                conv2,
+                &e,
+                None,
+                &Transition::Assign {
+                    agent: a,
+                    require_offer: true,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .conversations_by_status(c.tenant, ConversationStatus::Queued, Some(c.dept))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        // Going away keeps chats but stops new ones; status changes keep the count.
+        store
+            .set_agent_status(c.tenant, a, AgentStatus::Away, Timestamp(160))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .routing_candidates(c.tenant, c.dept)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.presence(c.tenant).await.unwrap()[0].active_chats, 1);
+    }
+
+    pub async fn transfer_requeue_and_end_move_slots(store: SqlStore) {
+        let c = chat_setup(&store, "acme", 2, 1).await;
+        let (a, b) = (c.agents[0], c.agents[1]);
+        let conv = new_conversation(&store, &c).await;
+        let ev = |k| NewEvent {
+            kind: k,
+            author: "system".into(),
+            client_msg_id: None,
+            data: "{}".into(),
+            at: Timestamp(50),
+        };
+        store
+            .append_event(
+                c.tenant,
+                conv,
+                &ev(EventKind::Assigned),
+                None,
+                &Transition::Assign {
+                    agent: a,
+                    require_offer: false,
+                },
+            )
+            .await
+            .unwrap();
+        let load =
+            |p: &[PresenceRecord], u: UserId| p.iter().find(|x| x.user == u).unwrap().active_chats;
+        store
+            .append_event(
+                c.tenant,
+                conv,
+                &ev(EventKind::Transferred),
+                None,
+                &Transition::Transfer {
+                    department: c.dept,
+                    agent: Some(b),
+                },
+            )
+            .await
+            .unwrap();
+        let p = store.presence(c.tenant).await.unwrap();
+        assert_eq!((load(&p, a), load(&p, b)), (0, 1));
+        // b is full: a transfer to b now fails and changes nothing.
+        let conv2 = new_conversation(&store, &c).await;
+        store
+            .append_event(
+                c.tenant,
+                conv2,
+                &ev(EventKind::Assigned),
+                None,
+                &Transition::Assign {
+                    agent: a,
+                    require_offer: false,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            store
+                .append_event(
+                    c.tenant,
+                    conv2,
+                    &ev(EventKind::Transferred),
+                    None,
+                    &Transition::Transfer {
+                        department: c.dept,
+                        agent: Some(b)
+                    }
+                )
+                .await,
+            Err(StoreError::Conflict("capacity"))
+        ));
+        assert_eq!(
+            store
+                .conversation(c.tenant, conv2)
+                .await
+                .unwrap()
+                .unwrap()
+                .agent,
+            Some(a)
+        );
+        store
+            .append_event(
+                c.tenant,
+                conv2,
+                &ev(EventKind::Requeued),
+                None,
+                &Transition::Requeue { decline: Some(a) },
+            )
+            .await
+            .unwrap();
+        let rec = store.conversation(c.tenant, conv2).await.unwrap().unwrap();
+        assert_eq!(
+            (rec.status, rec.agent, rec.declined_by),
+            (ConversationStatus::Queued, None, vec![a])
+        );
+        store
+            .append_event(
+                c.tenant,
+                conv,
+                &ev(EventKind::Ended),
+                None,
+                &Transition::End,
+            )
+            .await
+            .unwrap();
+        let p = store.presence(c.tenant).await.unwrap();
+        assert_eq!((load(&p, a), load(&p, b)), (0, 0));
+        let ended = store
+            .ended_conversations(c.tenant, Some(&[c.dept]), Timestamp(i64::MAX), 10)
+            .await
+            .unwrap();
+        assert_eq!(ended.iter().map(|e| e.id).collect::<Vec<_>>(), vec![conv]);
+        assert!(
+            store
+                .ended_conversations(c.tenant, Some(&[]), Timestamp(i64::MAX), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    pub async fn visitors_offline_messages_and_isolation(store: SqlStore) {
+        let c = chat_setup(&store, "acme", 1, 1).await;
+        let other = chat_setup(&store, "globex", 1, 1).await;
+        let conv = new_conversation(&store, &c).await;
+        assert!(
+            store
+                .conversation(other.tenant, conv)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .events(other.tenant, conv, 0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            store
+                .append_event(
+                    other.tenant,
+                    conv,
+                    &new_event(EventKind::Message, None),
+                    None,
+                    &Transition::None
+                )
+                .await,
+            Err(StoreError::NotFound)
+        ));
+        let rec = store.conversation(c.tenant, conv).await.unwrap().unwrap();
+        let visitor = store
+            .open_conversation_of_visitor(c.tenant, rec.visitor)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(visitor.id, conv);
+        assert!(
+            store
+                .open_conversation_of_visitor(other.tenant, rec.visitor)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let v = VisitorRecord {
+            id: VisitorId::from_uuid(uid()),
+            tenant: c.tenant,
+            token_hash: b"tok".to_vec(),
+            created_at: Timestamp(1),
+            last_seen_at: Timestamp(1),
+        };
+        store.create_visitor(c.tenant, &v).await.unwrap();
+        assert_eq!(
+            store.visitor_by_token(b"tok").await.unwrap().unwrap().id,
+            v.id
+        );
+        let m = OfflineMessageRecord {
+            id: OfflineMessageId::from_uuid(uid()),
+            tenant: c.tenant,
+            department: c.dept,
+            visitor: v.id,
+            content_ct: vec![4, 4],
+            created_at: Timestamp(9),
+            handled_at: None,
+            handled_by: None,
+        };
+        store.create_offline_message(c.tenant, &m).await.unwrap();
+        // Another tenant's department cannot take it.
+        let wrong = OfflineMessageRecord {
+            id: OfflineMessageId::from_uuid(uid()),
+            department: other.dept,
+            ..m.clone()
+        };
+        assert!(
+            store
+                .create_offline_message(c.tenant, &wrong)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            store
+                .offline_messages(c.tenant, Some(&[c.dept]), 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            store
+                .offline_messages(other.tenant, None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            store
+                .mark_offline_message_handled(
+                    other.tenant,
+                    m.id,
+                    other.agents[0],
+                    Timestamp(10),
+                    &event(other.tenant, "offline_message.handled")
+                )
+                .await,
+            Err(StoreError::NotFound)
+        ));
+        store
+            .mark_offline_message_handled(
+                c.tenant,
+                m.id,
+                c.agents[0],
+                Timestamp(10),
+                &event(c.tenant, "offline_message.handled"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.offline_messages(c.tenant, None, 10).await.unwrap()[0].handled_by,
+            Some(c.agents[0])
+        );
+
+        let routing = store.department_routing(c.tenant).await.unwrap();
+        assert_eq!(
+            (routing[0].mode.as_str(), routing[0].offer_timeout_ms),
+            ("offer", 30_000)
+        );
+        let changed = DepartmentRouting {
+            mode: "assign".into(),
+            offer_timeout_ms: 5_000,
+            ..routing[0].clone()
+        };
+        store
+            .set_department_routing(
+                c.tenant,
+                &changed,
+                &event(c.tenant, "department.routing_changed"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.department_routing(c.tenant).await.unwrap()[0].mode,
+            "assign"
+        );
+        assert!(matches!(
+            store
+                .set_department_routing(other.tenant, &changed, &event(other.tenant, "x"))
+                .await,
+            Err(StoreError::NotFound)
+        ));
+    }
 
     pub async fn migrations_are_idempotent_and_ready(store: SqlStore) {
         assert!(store.ready().await.unwrap());

@@ -1,0 +1,775 @@
+//! `ChatStore` for `SqlStore`: visitors, conversations and their event logs, presence, routing,
+//! offline messages. Every state change and its event commit together; sequence numbers are
+//! allocated inside the transaction, so they are gapless per conversation.
+
+use crate::SqlStore;
+use crate::sql::{Tx, append_audit_tx, corrupt, db, db_write, flag, id};
+use parley_core::audit::AuditEvent;
+use parley_core::conversation::{AgentStatus, ConversationStatus, EventKind};
+use parley_core::routing::Candidate;
+use parley_core::store::{
+    Appended, ChatStore, ConversationRecord, DepartmentRouting, EventRecord, NewEvent,
+    OfflineMessageRecord, PresenceRecord, Sealer, StoreError, StoreResult, Transition,
+    VisitorRecord,
+};
+use parley_core::{ConversationId, DepartmentId, OfflineMessageId, TenantId, Timestamp, UserId};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+const CONVERSATION_COLUMNS: &str = "tenant_id, id, visitor_id, department_id, status, agent_id, offered_to, \
+     offer_expires_at, declined_by, prechat_ct, last_seq, created_at, queued_at, ended_at";
+
+fn opt_id<T: std::str::FromStr>(r: &AnyRow, col: &str) -> StoreResult<Option<T>> {
+    let s: Option<String> = r.try_get(col).map_err(db)?;
+    s.map(|s| s.parse().map_err(|_| corrupt(col))).transpose()
+}
+
+fn ids_json(ids: &[UserId]) -> String {
+    serde_json::to_string(&ids.iter().map(|i| i.to_string()).collect::<Vec<_>>())
+        .unwrap_or_else(|_| "[]".into())
+}
+
+fn conversation_row(r: &AnyRow) -> StoreResult<ConversationRecord> {
+    let status: String = r.try_get("status").map_err(db)?;
+    let declined: String = r.try_get("declined_by").map_err(db)?;
+    let declined: Vec<String> =
+        serde_json::from_str(&declined).map_err(|_| corrupt("declined_by"))?;
+    Ok(ConversationRecord {
+        id: id(r, "id")?,
+        tenant: id(r, "tenant_id")?,
+        visitor: id(r, "visitor_id")?,
+        department: id(r, "department_id")?,
+        status: ConversationStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+        agent: opt_id(r, "agent_id")?,
+        offered_to: opt_id(r, "offered_to")?,
+        offer_expires_at: r
+            .try_get::<Option<i64>, _>("offer_expires_at")
+            .map_err(db)?
+            .map(Timestamp),
+        declined_by: declined
+            .iter()
+            .map(|s| s.parse().map_err(|_| corrupt("declined_by")))
+            .collect::<StoreResult<_>>()?,
+        prechat_ct: r.try_get("prechat_ct").map_err(db)?,
+        last_seq: r.try_get("last_seq").map_err(db)?,
+        created_at: Timestamp(r.try_get("created_at").map_err(db)?),
+        queued_at: Timestamp(r.try_get("queued_at").map_err(db)?),
+        ended_at: r
+            .try_get::<Option<i64>, _>("ended_at")
+            .map_err(db)?
+            .map(Timestamp),
+    })
+}
+
+fn event_row(r: &AnyRow) -> StoreResult<EventRecord> {
+    let kind: String = r.try_get("kind").map_err(db)?;
+    Ok(EventRecord {
+        conversation: id(r, "conversation_id")?,
+        seq: r.try_get("seq").map_err(db)?,
+        kind: EventKind::parse(&kind).ok_or_else(|| corrupt("kind"))?,
+        at: Timestamp(r.try_get("at").map_err(db)?),
+        author: r.try_get("author").map_err(db)?,
+        client_msg_id: r.try_get("client_msg_id").map_err(db)?,
+        body_ct: r.try_get("body_ct").map_err(db)?,
+        data: r.try_get("data").map_err(db)?,
+    })
+}
+
+fn offline_row(r: &AnyRow) -> StoreResult<OfflineMessageRecord> {
+    Ok(OfflineMessageRecord {
+        id: id(r, "id")?,
+        tenant: id(r, "tenant_id")?,
+        department: id(r, "department_id")?,
+        visitor: id(r, "visitor_id")?,
+        content_ct: r.try_get("content_ct").map_err(db)?,
+        created_at: Timestamp(r.try_get("created_at").map_err(db)?),
+        handled_at: r
+            .try_get::<Option<i64>, _>("handled_at")
+            .map_err(db)?
+            .map(Timestamp),
+        handled_by: opt_id(r, "handled_by")?,
+    })
+}
+
+/// `$start, $start+1, …` for an IN list of `n` values.
+fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Take one chat slot of an online, enabled agent below capacity (counting open offers to others
+/// as not theirs). False when there is no slot.
+async fn take_slot(
+    tx: &mut Tx,
+    tenant: TenantId,
+    agent: UserId,
+    now: Timestamp,
+) -> StoreResult<bool> {
+    let r = sqlx::query(
+        "UPDATE agent_presence SET active_chats = active_chats + 1, idle_since = $1, updated_at = $2 \
+         WHERE tenant_id = $3 AND user_id = $4 AND status = 'online' \
+         AND active_chats < (SELECT capacity FROM users WHERE tenant_id = $5 AND id = $6 AND disabled = 0)",
+    )
+    .bind(now.0)
+    .bind(now.0)
+    .bind(tenant.to_string())
+    .bind(agent.to_string())
+    .bind(tenant.to_string())
+    .bind(agent.to_string())
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(r.rows_affected() == 1)
+}
+
+async fn release_slot(
+    tx: &mut Tx,
+    tenant: TenantId,
+    agent: UserId,
+    now: Timestamp,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE agent_presence SET active_chats = active_chats - 1, updated_at = $1 \
+         WHERE tenant_id = $2 AND user_id = $3 AND active_chats > 0",
+    )
+    .bind(now.0)
+    .bind(tenant.to_string())
+    .bind(agent.to_string())
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl ChatStore for SqlStore {
+    async fn create_visitor(&self, tenant: TenantId, v: &VisitorRecord) -> StoreResult<()> {
+        if v.tenant != tenant {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query("INSERT INTO visitors (tenant_id, id, token_hash, created_at, last_seen_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(tenant.to_string())
+            .bind(v.id.to_string())
+            .bind(v.token_hash.clone())
+            .bind(v.created_at.0)
+            .bind(v.last_seen_at.0)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_write(e, "visitor"))?;
+        Ok(())
+    }
+
+    async fn visitor_by_token(&self, token_hash: &[u8]) -> StoreResult<Option<VisitorRecord>> {
+        let row = sqlx::query("SELECT * FROM visitors WHERE token_hash = $1")
+            .bind(token_hash.to_vec())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| {
+            Ok(VisitorRecord {
+                id: id(&r, "id")?,
+                tenant: id(&r, "tenant_id")?,
+                token_hash: r.try_get("token_hash").map_err(db)?,
+                created_at: Timestamp(r.try_get("created_at").map_err(db)?),
+                last_seen_at: Timestamp(r.try_get("last_seen_at").map_err(db)?),
+            })
+        })
+        .transpose()
+    }
+
+    async fn department_routing(&self, tenant: TenantId) -> StoreResult<Vec<DepartmentRouting>> {
+        sqlx::query("SELECT id, routing_mode, offer_timeout_ms, prechat_fields FROM departments WHERE tenant_id = $1 ORDER BY name_key, id")
+            .bind(tenant.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| {
+                Ok(DepartmentRouting {
+                    department: id(r, "id")?,
+                    mode: r.try_get("routing_mode").map_err(db)?,
+                    offer_timeout_ms: r.try_get("offer_timeout_ms").map_err(db)?,
+                    prechat_fields: r.try_get("prechat_fields").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_department_routing(
+        &self,
+        tenant: TenantId,
+        d: &DepartmentRouting,
+        audit: &AuditEvent,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let r = sqlx::query("UPDATE departments SET routing_mode = $1, offer_timeout_ms = $2, prechat_fields = $3 WHERE tenant_id = $4 AND id = $5")
+            .bind(d.mode.clone())
+            .bind(d.offer_timeout_ms)
+            .bind(d.prechat_fields.clone())
+            .bind(tenant.to_string())
+            .bind(d.department.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        append_audit_tx(&mut tx, audit).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn create_conversation(
+        &self,
+        tenant: TenantId,
+        c: &ConversationRecord,
+        started: &NewEvent,
+    ) -> StoreResult<()> {
+        if c.tenant != tenant {
+            return Err(StoreError::NotFound);
+        }
+        let mut tx = self.begin_write().await?;
+        sqlx::query(&format!(
+            "INSERT INTO conversations ({CONVERSATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, NULL, NULL, NULL, $6, $7, 1, $8, $9, NULL)"
+        ))
+        .bind(tenant.to_string())
+        .bind(c.id.to_string())
+        .bind(c.visitor.to_string())
+        .bind(c.department.to_string())
+        .bind(ConversationStatus::Queued.as_str())
+        .bind(ids_json(&[]))
+        .bind(c.prechat_ct.clone())
+        .bind(c.created_at.0)
+        .bind(c.queued_at.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_write(e, "conversation"))?;
+        insert_event(&mut tx, tenant, c.id, 1, started, None).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn conversation(
+        &self,
+        tenant: TenantId,
+        cid: ConversationId,
+    ) -> StoreResult<Option<ConversationRecord>> {
+        sqlx::query(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = $1 AND id = $2"
+        ))
+        .bind(tenant.to_string())
+        .bind(cid.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(conversation_row)
+        .transpose()
+    }
+
+    async fn open_conversation_of_visitor(
+        &self,
+        tenant: TenantId,
+        visitor: parley_core::VisitorId,
+    ) -> StoreResult<Option<ConversationRecord>> {
+        sqlx::query(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = $1 AND visitor_id = $2 AND status <> 'ended' \
+             ORDER BY created_at DESC LIMIT 1"
+        ))
+        .bind(tenant.to_string())
+        .bind(visitor.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(conversation_row)
+        .transpose()
+    }
+
+    async fn conversations_by_status(
+        &self,
+        tenant: TenantId,
+        status: ConversationStatus,
+        department: Option<DepartmentId>,
+    ) -> StoreResult<Vec<ConversationRecord>> {
+        let rows = match department {
+            Some(d) => sqlx::query(&format!(
+                "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = $1 AND status = $2 AND department_id = $3 ORDER BY queued_at, id"
+            ))
+            .bind(tenant.to_string())
+            .bind(status.as_str())
+            .bind(d.to_string())
+            .fetch_all(&self.pool)
+            .await,
+            None => sqlx::query(&format!(
+                "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = $1 AND status = $2 ORDER BY queued_at, id"
+            ))
+            .bind(tenant.to_string())
+            .bind(status.as_str())
+            .fetch_all(&self.pool)
+            .await,
+        }
+        .map_err(db)?;
+        rows.iter().map(conversation_row).collect()
+    }
+
+    async fn conversations_of_agent(
+        &self,
+        tenant: TenantId,
+        agent: UserId,
+    ) -> StoreResult<Vec<ConversationRecord>> {
+        sqlx::query(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = $1 AND agent_id = $2 AND status = 'assigned' ORDER BY queued_at, id"
+        ))
+        .bind(tenant.to_string())
+        .bind(agent.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(conversation_row)
+        .collect()
+    }
+
+    async fn ended_conversations(
+        &self,
+        tenant: TenantId,
+        departments: Option<&[DepartmentId]>,
+        before: Timestamp,
+        limit: i64,
+    ) -> StoreResult<Vec<ConversationRecord>> {
+        let filter = match departments {
+            Some([]) => return Ok(vec![]),
+            Some(d) => format!("AND department_id IN ({})", placeholders(4, d.len())),
+            None => String::new(),
+        };
+        let sql = format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = $1 AND status = 'ended' AND ended_at < $2 {filter} \
+             ORDER BY ended_at DESC, id LIMIT $3"
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(tenant.to_string())
+            .bind(before.0)
+            .bind(limit);
+        for d in departments.unwrap_or_default() {
+            q = q.bind(d.to_string());
+        }
+        q.fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(conversation_row)
+            .collect()
+    }
+
+    async fn append_event(
+        &self,
+        tenant: TenantId,
+        cid: ConversationId,
+        event: &NewEvent,
+        body: Option<Sealer<'_>>,
+        transition: &Transition,
+    ) -> StoreResult<Appended> {
+        let mut tx = self.begin_write().await?;
+        if let Some(client_id) = &event.client_msg_id {
+            let existing = sqlx::query("SELECT seq, at FROM conversation_events WHERE tenant_id = $1 AND conversation_id = $2 AND client_msg_id = $3")
+                .bind(tenant.to_string())
+                .bind(cid.to_string())
+                .bind(client_id.clone())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+            if let Some(r) = existing {
+                return Ok(Appended {
+                    seq: r.try_get("seq").map_err(db)?,
+                    at: Timestamp(r.try_get("at").map_err(db)?),
+                    duplicate: true,
+                });
+            }
+        }
+        // Allocating the sequence number also locks the conversation row until commit.
+        let row = sqlx::query(&format!(
+            "UPDATE conversations SET last_seq = last_seq + 1 WHERE tenant_id = $1 AND id = $2 AND status <> 'ended' \
+             RETURNING {CONVERSATION_COLUMNS}"
+        ))
+        .bind(tenant.to_string())
+        .bind(cid.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(row) = row else {
+            drop(tx);
+            return Err(match self.conversation(tenant, cid).await? {
+                Some(_) => StoreError::Conflict("conversation_ended"),
+                None => StoreError::NotFound,
+            });
+        };
+        let conv = conversation_row(&row)?;
+        let seq = conv.last_seq;
+        let now = event.at;
+        let set = |sql: &'static str| sqlx::query(sql);
+        match transition {
+            Transition::None => {}
+            Transition::Assign {
+                agent,
+                require_offer,
+            } => {
+                if conv.status != ConversationStatus::Queued
+                    || (*require_offer && conv.offered_to != Some(*agent))
+                {
+                    return Err(StoreError::Conflict("not_queued"));
+                }
+                if !take_slot(&mut tx, tenant, *agent, now).await? {
+                    return Err(StoreError::Conflict("capacity"));
+                }
+                set("UPDATE conversations SET status = 'assigned', agent_id = $1, offered_to = NULL, offer_expires_at = NULL WHERE tenant_id = $2 AND id = $3")
+                    .bind(agent.to_string())
+                    .bind(tenant.to_string())
+                    .bind(cid.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            }
+            Transition::Requeue { decline } => {
+                if let Some(a) = conv.agent {
+                    release_slot(&mut tx, tenant, a, now).await?;
+                }
+                let mut declined = conv.declined_by.clone();
+                if let Some(d) = decline
+                    && !declined.contains(d)
+                {
+                    declined.push(*d);
+                }
+                set("UPDATE conversations SET status = 'queued', agent_id = NULL, offered_to = NULL, offer_expires_at = NULL, declined_by = $1 \
+                     WHERE tenant_id = $2 AND id = $3")
+                .bind(ids_json(&declined))
+                .bind(tenant.to_string())
+                .bind(cid.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            }
+            Transition::Transfer { department, agent } => {
+                if let Some(a) = conv.agent {
+                    release_slot(&mut tx, tenant, a, now).await?;
+                }
+                match agent {
+                    Some(to) => {
+                        if !take_slot(&mut tx, tenant, *to, now).await? {
+                            return Err(StoreError::Conflict("capacity"));
+                        }
+                        set("UPDATE conversations SET status = 'assigned', agent_id = $1, department_id = $2, offered_to = NULL, \
+                             offer_expires_at = NULL WHERE tenant_id = $3 AND id = $4")
+                        .bind(to.to_string())
+                        .bind(department.to_string())
+                        .bind(tenant.to_string())
+                        .bind(cid.to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| db_write(e, "department"))?;
+                    }
+                    None => {
+                        set("UPDATE conversations SET status = 'queued', agent_id = NULL, department_id = $1, offered_to = NULL, \
+                             offer_expires_at = NULL, declined_by = $2, queued_at = $3 WHERE tenant_id = $4 AND id = $5")
+                        .bind(department.to_string())
+                        .bind(ids_json(&conv.agent.into_iter().collect::<Vec<_>>()))
+                        .bind(now.0)
+                        .bind(tenant.to_string())
+                        .bind(cid.to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| db_write(e, "department"))?;
+                    }
+                }
+            }
+            Transition::End => {
+                if let Some(a) = conv.agent {
+                    release_slot(&mut tx, tenant, a, now).await?;
+                }
+                set("UPDATE conversations SET status = 'ended', ended_at = $1, offered_to = NULL, offer_expires_at = NULL WHERE tenant_id = $2 AND id = $3")
+                    .bind(now.0)
+                    .bind(tenant.to_string())
+                    .bind(cid.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            }
+        }
+        let body_ct = body.map(|seal| seal(seq));
+        insert_event(&mut tx, tenant, cid, seq, event, body_ct).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(Appended {
+            seq,
+            at: event.at,
+            duplicate: false,
+        })
+    }
+
+    async fn events(
+        &self,
+        tenant: TenantId,
+        cid: ConversationId,
+        after_seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<EventRecord>> {
+        sqlx::query(
+            "SELECT conversation_id, seq, kind, at, author, client_msg_id, body_ct, data FROM conversation_events \
+             WHERE tenant_id = $1 AND conversation_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+        )
+        .bind(tenant.to_string())
+        .bind(cid.to_string())
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(event_row)
+        .collect()
+    }
+
+    async fn offer(
+        &self,
+        tenant: TenantId,
+        cid: ConversationId,
+        agent: UserId,
+        now: Timestamp,
+        expires: Timestamp,
+    ) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "UPDATE conversations SET offered_to = $1, offer_expires_at = $2 WHERE tenant_id = $3 AND id = $4 AND status = 'queued' \
+             AND (offered_to IS NULL OR offer_expires_at < $5)",
+        )
+        .bind(agent.to_string())
+        .bind(expires.0)
+        .bind(tenant.to_string())
+        .bind(cid.to_string())
+        .bind(now.0)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn decline_offer(
+        &self,
+        tenant: TenantId,
+        cid: ConversationId,
+        agent: UserId,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = $1 AND id = $2 AND status = 'queued' AND offered_to = $3"
+        ))
+        .bind(tenant.to_string())
+        .bind(cid.to_string())
+        .bind(agent.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(row) = row else { return Ok(false) };
+        let mut declined = conversation_row(&row)?.declined_by;
+        if !declined.contains(&agent) {
+            declined.push(agent);
+        }
+        sqlx::query("UPDATE conversations SET offered_to = NULL, offer_expires_at = NULL, declined_by = $1 WHERE tenant_id = $2 AND id = $3")
+            .bind(ids_json(&declined))
+            .bind(tenant.to_string())
+            .bind(cid.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    async fn lapsed_offers(
+        &self,
+        now: Timestamp,
+    ) -> StoreResult<Vec<(TenantId, ConversationId, UserId)>> {
+        sqlx::query("SELECT tenant_id, id, offered_to FROM conversations WHERE offer_expires_at < $1 AND status = 'queued' AND offered_to IS NOT NULL")
+            .bind(now.0)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| Ok((id(r, "tenant_id")?, id(r, "id")?, id(r, "offered_to")?)))
+            .collect()
+    }
+
+    async fn set_agent_status(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        status: AgentStatus,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO agent_presence (tenant_id, user_id, status, active_chats, idle_since, updated_at) VALUES ($1, $2, $3, 0, $4, $5) \
+             ON CONFLICT (tenant_id, user_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at, \
+             idle_since = CASE WHEN agent_presence.status <> 'online' AND excluded.status = 'online' THEN excluded.idle_since \
+             ELSE agent_presence.idle_since END",
+        )
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .bind(status.as_str())
+        .bind(now.0)
+        .bind(now.0)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_write(e, "presence"))?;
+        Ok(())
+    }
+
+    async fn presence(&self, tenant: TenantId) -> StoreResult<Vec<PresenceRecord>> {
+        sqlx::query("SELECT user_id, status, active_chats, idle_since FROM agent_presence WHERE tenant_id = $1")
+            .bind(tenant.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| {
+                let status: String = r.try_get("status").map_err(db)?;
+                Ok(PresenceRecord {
+                    user: id(r, "user_id")?,
+                    status: AgentStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+                    active_chats: r.try_get("active_chats").map_err(db)?,
+                    idle_since: Timestamp(r.try_get("idle_since").map_err(db)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn routing_candidates(
+        &self,
+        tenant: TenantId,
+        department: DepartmentId,
+    ) -> StoreResult<Vec<Candidate>> {
+        // Open offers count as load, so one free slot is never offered twice at once.
+        sqlx::query(
+            "SELECT p.user_id, u.capacity, p.active_chats + (SELECT COUNT(*) FROM conversations c WHERE c.tenant_id = p.tenant_id \
+               AND c.offered_to = p.user_id AND c.status = 'queued') AS load, p.idle_since \
+             FROM agent_presence p \
+             JOIN users u ON u.tenant_id = p.tenant_id AND u.id = p.user_id \
+             JOIN user_departments ud ON ud.tenant_id = p.tenant_id AND ud.user_id = p.user_id \
+             WHERE p.tenant_id = $1 AND ud.department_id = $2 AND p.status = 'online' AND u.disabled = $3",
+        )
+        .bind(tenant.to_string())
+        .bind(department.to_string())
+        .bind(flag(false))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|r| {
+            Ok(Candidate {
+                agent: id(r, "user_id")?,
+                capacity: r.try_get("capacity").map_err(db)?,
+                active_chats: r.try_get("load").map_err(db)?,
+                idle_since: Timestamp(r.try_get("idle_since").map_err(db)?),
+            })
+        })
+        .collect()
+    }
+
+    async fn create_offline_message(
+        &self,
+        tenant: TenantId,
+        m: &OfflineMessageRecord,
+    ) -> StoreResult<()> {
+        if m.tenant != tenant {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query(
+            "INSERT INTO offline_messages (tenant_id, id, department_id, visitor_id, content_ct, created_at, handled_at, handled_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL)",
+        )
+        .bind(tenant.to_string())
+        .bind(m.id.to_string())
+        .bind(m.department.to_string())
+        .bind(m.visitor.to_string())
+        .bind(m.content_ct.clone())
+        .bind(m.created_at.0)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_write(e, "offline_message"))?;
+        Ok(())
+    }
+
+    async fn offline_messages(
+        &self,
+        tenant: TenantId,
+        departments: Option<&[DepartmentId]>,
+        limit: i64,
+    ) -> StoreResult<Vec<OfflineMessageRecord>> {
+        let filter = match departments {
+            Some([]) => return Ok(vec![]),
+            Some(d) => format!("AND department_id IN ({})", placeholders(3, d.len())),
+            None => String::new(),
+        };
+        let sql = format!(
+            "SELECT * FROM offline_messages WHERE tenant_id = $1 {filter} ORDER BY created_at DESC, id LIMIT $2"
+        );
+        let mut q = sqlx::query(&sql).bind(tenant.to_string()).bind(limit);
+        for d in departments.unwrap_or_default() {
+            q = q.bind(d.to_string());
+        }
+        q.fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(offline_row)
+            .collect()
+    }
+
+    async fn mark_offline_message_handled(
+        &self,
+        tenant: TenantId,
+        mid: OfflineMessageId,
+        by: UserId,
+        at: Timestamp,
+        audit: &AuditEvent,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let r = sqlx::query("UPDATE offline_messages SET handled_at = $1, handled_by = $2 WHERE tenant_id = $3 AND id = $4")
+            .bind(at.0)
+            .bind(by.to_string())
+            .bind(tenant.to_string())
+            .bind(mid.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        append_audit_tx(&mut tx, audit).await?;
+        tx.commit().await.map_err(db)
+    }
+}
+
+async fn insert_event(
+    tx: &mut Tx,
+    tenant: TenantId,
+    cid: ConversationId,
+    seq: i64,
+    e: &NewEvent,
+    body_ct: Option<Vec<u8>>,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO conversation_events (tenant_id, conversation_id, seq, kind, at, author, client_msg_id, body_ct, data) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(tenant.to_string())
+    .bind(cid.to_string())
+    .bind(seq)
+    .bind(e.kind.as_str())
+    .bind(e.at.0)
+    .bind(e.author.clone())
+    .bind(e.client_msg_id.clone())
+    .bind(body_ct)
+    .bind(e.data.clone())
+    .execute(&mut **tx)
+    .await
+    .map_err(|err| db_write(err, "client_msg_id"))?;
+    Ok(())
+}

@@ -171,8 +171,13 @@ impl App {
 
     /// The session a token names, if it is live and its user enabled; slides its expiry.
     pub async fn authenticate(&self, token: &str) -> Result<Session, AppError> {
+        self.authenticate_hash(sha256(token.as_bytes()).to_vec())
+            .await
+    }
+
+    /// The same, by the token's hash (sockets carry the hash in their ticket, never the token).
+    pub async fn authenticate_hash(&self, token_hash: Vec<u8>) -> Result<Session, AppError> {
         let now = self.now();
-        let token_hash = sha256(token.as_bytes()).to_vec();
         let record = self
             .store
             .session(&token_hash)

@@ -5,20 +5,29 @@
 //! verbs, so a rule holds however a change arrives.
 
 mod auth;
+mod chat;
 mod directory;
 mod error;
+mod hub;
 mod keys;
 mod operator;
 mod throttle;
+mod tickets;
 
 pub use auth::{SESSION_ABSOLUTE_MS, SESSION_IDLE_MS, Session, SignedIn};
+pub use chat::{
+    ChatActor, ConsoleOverview, ConversationView, EventView, FieldRule, OfflineMessageView,
+    Prechat, PrechatFields, TransferTarget, Visitor, WidgetDepartment, WidgetSession,
+};
 pub use directory::{
     DepartmentView, NewUserInput, SiteChanges, SiteView, UserChangesInput, UserCreated, UserView,
 };
 pub use error::AppError;
+pub use hub::{Frame, Hub, Subscriber, Topic};
 pub use keys::KeyService;
 pub use operator::{ChainReport, TenantCreated};
 pub use throttle::Throttle;
+pub use tickets::{TICKET_TTL_MS, Ticket, TicketSubject};
 
 use parley_core::audit::{AuditActor, AuditEvent};
 use parley_core::store::Store;
@@ -46,6 +55,7 @@ pub struct App {
     pub keys: Arc<KeyService>,
     pub clock: Arc<dyn Clock>,
     pub throttle: Arc<Throttle>,
+    pub hub: Arc<Hub>,
 }
 
 impl App {
@@ -55,6 +65,7 @@ impl App {
             keys,
             clock,
             throttle: Arc::new(Throttle::default()),
+            hub: Arc::new(Hub::default()),
         }
     }
 

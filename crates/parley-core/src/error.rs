@@ -17,4 +17,9 @@ impl DomainError {
             message: message.into(),
         }
     }
+
+    /// The same error, reported against another input field.
+    pub fn map_field(self, field: &'static str) -> Self {
+        DomainError { field, ..self }
+    }
 }

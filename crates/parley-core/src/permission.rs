@@ -53,6 +53,7 @@ impl Role {
                 ViewUsers,
                 ManageUsers,
                 ViewAudit,
+                SuperviseChats,
             ],
             Role::SiteManager => &[
                 UseConsole,
@@ -61,6 +62,7 @@ impl Role {
                 ViewDepartments,
                 ManageDepartments,
                 ViewUsers,
+                SuperviseChats,
             ],
             Role::DepartmentManager => &[
                 UseConsole,
@@ -68,6 +70,7 @@ impl Role {
                 ViewDepartments,
                 ViewUsers,
                 ManageUsers,
+                SuperviseChats,
             ],
             Role::Agent => &[UseConsole, ViewSite, ViewDepartments],
         }
@@ -97,6 +100,9 @@ pub enum Permission {
     /// Create, change and disable users (department managers: only agents of their departments).
     ManageUsers,
     ViewAudit,
+    /// See the queues and live chats of one's scope (site-wide roles: all departments;
+    /// department managers: their own).
+    SuperviseChats,
 }
 
 impl Permission {
@@ -111,6 +117,7 @@ impl Permission {
             Permission::ViewUsers => "view_users",
             Permission::ManageUsers => "manage_users",
             Permission::ViewAudit => "view_audit",
+            Permission::SuperviseChats => "supervise_chats",
         }
     }
 }
@@ -127,6 +134,11 @@ pub struct Actor {
 impl Actor {
     pub fn can(&self, p: Permission) -> bool {
         self.role.has(p)
+    }
+
+    /// Whether this actor's scope covers a department: site-wide roles cover all, others their own.
+    pub fn covers_department(&self, d: crate::DepartmentId) -> bool {
+        matches!(self.role, Role::SiteAdmin | Role::SiteManager) || self.departments.contains(&d)
     }
 
     /// Whether this actor may see a user with the given departments. Site-wide roles see everyone;

@@ -120,6 +120,8 @@ pub trait Store: ChatStore + Send + Sync + 'static {
     ) -> StoreResult<()>;
     async fn tenant(&self, tenant: TenantId) -> StoreResult<Option<TenantRecord>>;
     async fn tenant_by_slug(&self, slug: &str) -> StoreResult<Option<TenantRecord>>;
+    /// The tenant whose widget carries this public site key.
+    async fn tenant_by_site_key(&self, site_key: &str) -> StoreResult<Option<TenantRecord>>;
     async fn list_tenants(&self) -> StoreResult<Vec<TenantRecord>>;
     async fn update_tenant(
         &self,

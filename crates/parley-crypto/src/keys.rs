@@ -219,6 +219,20 @@ impl MasterKeyRing {
         Ok(())
     }
 
+    /// Keys derived for `purpose` from every master key, the active one first (for short-lived
+    /// MACs such as socket tickets, which then survive a rotation).
+    pub fn derived_keys(&self, purpose: &str) -> Vec<[u8; 32]> {
+        let mut ids: Vec<&String> = vec![&self.active];
+        ids.extend(self.keys.keys().filter(|k| **k != self.active));
+        ids.iter()
+            .filter_map(|id| {
+                let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.keys[*id].0).ok()?;
+                mac.update(format!("parley/derived/v1|{purpose}").as_bytes());
+                Some(mac.finalize().into_bytes().into())
+            })
+            .collect()
+    }
+
     fn wrap_aad(tenant: TenantId, key_id: i64) -> Vec<u8> {
         format!("parley/tenant-key/v1|{tenant}|{key_id}").into_bytes()
     }

@@ -6,7 +6,6 @@ use parley_server::http::{self, AppState, HttpSettings};
 use parley_server::{startup, telemetry};
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(name = "parley", version, about = "Parley: secure live chat for websites", long_about = None)]
@@ -269,13 +268,12 @@ async fn serve(config: &Config, app: parley_app::App) -> Result<ExitCode, String
         database = app.store.backend(),
         "Parley is listening on {base} (admin: {base}/admin, console: {base}/console)"
     );
-    let state = AppState {
-        app,
-        settings: Arc::new(settings),
-    };
+    let timers = startup::spawn_timers(app.clone());
+    let state = AppState::new(app, settings);
     http::serve(listener, state, shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;
+    timers.abort();
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -67,3 +67,18 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), StartupError> {
         ))
     })
 }
+
+/// Background work every node does: withdraw lapsed offers and route those chats on. Runs until
+/// the returned handle is aborted or the runtime stops.
+pub fn spawn_timers(app: App) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = app.expire_offers().await {
+                tracing::warn!(error = %e, "offer timer failed; will retry");
+            }
+        }
+    })
+}

@@ -501,6 +501,17 @@ impl Store for SqlStore {
             .transpose()
     }
 
+    async fn tenant_by_site_key(&self, site_key: &str) -> StoreResult<Option<TenantRecord>> {
+        sqlx::query("SELECT * FROM tenants WHERE site_key = $1")
+            .bind(site_key.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .as_ref()
+            .map(tenant_row)
+            .transpose()
+    }
+
     async fn list_tenants(&self) -> StoreResult<Vec<TenantRecord>> {
         sqlx::query("SELECT * FROM tenants ORDER BY created_at, id")
             .fetch_all(&self.pool)

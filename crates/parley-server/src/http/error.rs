@@ -87,6 +87,10 @@ impl From<AppError> for ApiError {
                         "department_name_taken",
                         "a department with this name already exists",
                     ),
+                    "no_agent_online" => (
+                        "no_agent_online",
+                        "nobody is online in this department right now; leave a message instead",
+                    ),
                     _ => ("conflict", "this conflicts with existing data"),
                 };
                 ApiError::new(S::CONFLICT, code, message)

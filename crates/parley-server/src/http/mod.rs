@@ -1,16 +1,18 @@
 //! The HTTP server: REST API under `/api`, the admin panel and console pages, health endpoints.
 
 mod api;
+mod chat_api;
 mod error;
 mod extract;
 mod security;
 mod web;
+pub mod ws;
 
 pub use error::ApiError;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use parley_app::App;
 use std::sync::Arc;
 
@@ -22,6 +24,17 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AppState {
     pub app: App,
     pub settings: Arc<HttpSettings>,
+    pub sockets: Arc<ws::SocketLimits>,
+}
+
+impl AppState {
+    pub fn new(app: App, settings: HttpSettings) -> Self {
+        AppState {
+            app,
+            settings: Arc::new(settings),
+            sockets: Arc::new(ws::SocketLimits::default()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +76,49 @@ pub fn router(state: AppState) -> Router {
         .route("/users", get(api::list_users).post(api::create_user))
         .route("/users/{id}", get(api::get_user).patch(api::patch_user))
         .route("/audit", get(api::audit_trail))
+        .route("/widget/session", post(chat_api::widget_session))
+        .route("/widget/conversations", post(chat_api::start_chat))
+        .route(
+            "/widget/conversations/{id}/events",
+            get(chat_api::widget_events),
+        )
+        .route(
+            "/widget/conversations/{id}/messages",
+            post(chat_api::widget_send),
+        )
+        .route("/widget/conversations/{id}/end", post(chat_api::widget_end))
+        .route("/widget/ticket", post(chat_api::widget_ticket))
+        .route("/widget/offline-messages", post(chat_api::widget_offline))
+        .route("/console/ticket", post(chat_api::console_ticket))
+        .route("/console/overview", get(chat_api::console_overview))
+        .route("/console/status", put(chat_api::console_status))
+        .route(
+            "/console/conversations/{id}/accept",
+            post(chat_api::console_accept),
+        )
+        .route(
+            "/console/conversations/{id}/reject",
+            post(chat_api::console_reject),
+        )
+        .route(
+            "/console/conversations/{id}/end",
+            post(chat_api::console_end),
+        )
+        .route(
+            "/console/conversations/{id}/messages",
+            post(chat_api::console_send),
+        )
+        .route(
+            "/console/conversations/{id}/transfer",
+            post(chat_api::console_transfer),
+        )
+        .route("/conversations", get(chat_api::transcripts))
+        .route("/conversations/{id}", get(chat_api::conversation))
+        .route("/offline-messages", get(chat_api::offline_messages))
+        .route(
+            "/offline-messages/{id}/handled",
+            post(chat_api::offline_handled),
+        )
         .route("/openapi.json", get(web::openapi))
         .route("/docs", get(web::api_docs))
         .fallback(api::not_found)
@@ -71,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api", api)
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .route("/ws", get(ws::upgrade))
         .route("/", get(web::index))
         .route("/favicon.ico", get(web::favicon))
         .route("/admin", get(web::admin))

@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
@@ -64,13 +63,14 @@ impl TestApp {
         let (app, _store) = startup::open_app(&config, true).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = AppState {
-            app: app.clone(),
-            settings: Arc::new(HttpSettings {
+        let state = AppState::new(
+            app.clone(),
+            HttpSettings {
                 public_url: None,
                 trust_proxy: false,
-            }),
-        };
+            },
+        );
+        startup::spawn_timers(app.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(http::serve(listener, state, async move {
             let _ = rx.await;
@@ -231,4 +231,153 @@ impl Client {
 
 pub fn value_str(v: &Value) -> String {
     v.as_str().unwrap().to_owned()
+}
+
+/// A WebSocket client speaking Parley's protocol.
+pub struct Ws {
+    stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Ws {
+    /// Connect with the given Origin (Parley's own unless a test says otherwise).
+    pub async fn connect_raw(
+        t: &TestApp,
+        origin: Option<&str>,
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{}/ws", t.addr).into_client_request().unwrap();
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        let (stream, _) = tokio_tungstenite::connect_async(req).await?;
+        Ok(Ws { stream })
+    }
+
+    /// Connect and say hello with `ticket`; waits for `ready`.
+    pub async fn open(t: &TestApp, ticket: &str) -> Ws {
+        let mut ws = Ws::connect_raw(t, Some(&t.url(""))).await.unwrap();
+        ws.send(json!({ "type": "hello", "ticket": ticket })).await;
+        let ready = ws.next().await;
+        assert_eq!(ready["type"], "ready", "{ready}");
+        ws
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        use futures_util::SinkExt;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::text(v.to_string()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(
+        &mut self,
+        m: tokio_tungstenite::tungstenite::Message,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        use futures_util::SinkExt;
+        self.stream.send(m).await
+    }
+
+    /// The next frame, or `{"type": "closed", "code": N}` when the server closed the socket.
+    pub async fn next(&mut self) -> Value {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let msg = tokio::time::timeout(std::time::Duration::from_secs(10), self.stream.next())
+                .await
+                .expect("no frame within 10 s");
+            match msg {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+                Some(Ok(Message::Close(f))) => {
+                    return json!({ "type": "closed", "code": f.map(|f| u16::from(f.code)) });
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return json!({ "type": "closed", "code": null }),
+            }
+        }
+    }
+
+    /// Skip frames until one of `kind` arrives.
+    pub async fn until(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.next().await;
+            if v["type"] == kind || v["type"] == "closed" {
+                return v;
+            }
+        }
+    }
+
+    /// Skip frames until an `event` of `kind` arrives.
+    pub async fn event(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.until("event").await;
+            if v["kind"] == kind || v["type"] == "closed" {
+                return v;
+            }
+        }
+    }
+}
+
+/// A visitor with its own token, talking to the widget API.
+pub struct VisitorClient {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: String,
+    pub session: Value,
+}
+
+impl VisitorClient {
+    pub async fn open(t: &TestApp, site_key: &str) -> VisitorClient {
+        let http = reqwest::Client::new();
+        let r = http
+            .post(t.url("/api/widget/session"))
+            .json(&json!({ "site_key": site_key }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let session: Value = r.json().await.unwrap();
+        VisitorClient {
+            http,
+            base: t.url(""),
+            token: value_str(&session["visitor_token"]),
+            session,
+        }
+    }
+
+    pub async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Res {
+        let mut req = self
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{path}", self.base),
+            )
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = res.json().await.unwrap_or(Value::Null);
+        Res {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn ticket(&self) -> String {
+        value_str(&self.send("POST", "/api/widget/ticket", None).await.body["ticket"])
+    }
+}
+
+impl Client {
+    pub async fn ticket(&self) -> String {
+        let r = self.post("/api/console/ticket", json!(null)).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        value_str(&r.body["ticket"])
+    }
 }

@@ -22,11 +22,30 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/users/{id}"),
     ("PATCH", "/users/{id}"),
     ("GET", "/audit"),
+    ("POST", "/widget/session"),
+    ("POST", "/widget/conversations"),
+    ("GET", "/widget/conversations/{id}/events"),
+    ("POST", "/widget/conversations/{id}/messages"),
+    ("POST", "/widget/conversations/{id}/end"),
+    ("POST", "/widget/ticket"),
+    ("POST", "/widget/offline-messages"),
+    ("POST", "/console/ticket"),
+    ("GET", "/console/overview"),
+    ("PUT", "/console/status"),
+    ("POST", "/console/conversations/{id}/accept"),
+    ("POST", "/console/conversations/{id}/reject"),
+    ("POST", "/console/conversations/{id}/end"),
+    ("POST", "/console/conversations/{id}/messages"),
+    ("POST", "/console/conversations/{id}/transfer"),
+    ("GET", "/conversations"),
+    ("GET", "/conversations/{id}"),
+    ("GET", "/offline-messages"),
+    ("POST", "/offline-messages/{id}/handled"),
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
 ];
 
-const PUBLIC: &[&str] = &["/auth/sign-in", "/openapi.json", "/docs"];
+const PUBLIC: &[&str] = &["/auth/sign-in", "/openapi.json", "/docs", "/widget/session"];
 
 #[tokio::test]
 async fn openapi_documents_exactly_the_routes() {

@@ -1,0 +1,1386 @@
+//! Live chat use cases for visitors and agents, and the router that hands chats to agents.
+//!
+//! Every change is one store call that appends the conversation event together with its state
+//! change, durably; only then is anything published on the hub, so the store is the truth and the
+//! hub only makes it fast.
+
+use crate::auth::Session;
+use crate::hub::{Frame, Topic};
+use crate::{App, AppError};
+use parley_core::audit::AuditActor;
+use parley_core::conversation::{
+    AgentStatus, Author, ClientMsgId, ConversationStatus, EventKind, MessageBody,
+};
+use parley_core::routing::choose_agent;
+use parley_core::store::{
+    Appended, ConversationRecord, DepartmentRouting, EventRecord, NewEvent, OfflineMessageRecord,
+    Transition, VisitorRecord,
+};
+use parley_core::values::{DisplayName, EmailAddress};
+use parley_core::{
+    ConversationId, DepartmentId, DomainError, OfflineMessageId, Permission, TenantId, Timestamp,
+    UserId, VisitorId,
+};
+use parley_crypto::{TenantCipher, random_token, sha256};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A visitor, as named by their token.
+#[derive(Debug, Clone, Copy)]
+pub struct Visitor {
+    pub tenant: TenantId,
+    pub id: VisitorId,
+}
+
+/// Who acts on a conversation.
+#[derive(Debug, Clone, Copy)]
+pub enum ChatActor<'a> {
+    Visitor(Visitor),
+    Agent(&'a Session),
+}
+
+/// How a pre-chat field is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldRule {
+    Required,
+    Optional,
+    Hidden,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrechatFields {
+    pub name: FieldRule,
+    pub email: FieldRule,
+    pub question: FieldRule,
+}
+
+impl Default for PrechatFields {
+    fn default() -> Self {
+        PrechatFields {
+            name: FieldRule::Required,
+            email: FieldRule::Optional,
+            question: FieldRule::Optional,
+        }
+    }
+}
+
+/// The visitor's pre-chat answers (stored encrypted).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Prechat {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub question: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WidgetDepartment {
+    pub id: DepartmentId,
+    pub name: String,
+    /// Whether an agent of the department is online now (else the widget offers the offline form).
+    pub online: bool,
+    pub prechat_fields: PrechatFields,
+}
+
+/// What the widget needs to start.
+#[derive(Debug, Serialize)]
+pub struct WidgetSession {
+    pub visitor_token: String,
+    pub site_name: String,
+    pub departments: Vec<WidgetDepartment>,
+    pub conversation: Option<ConversationView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConversationView {
+    pub id: ConversationId,
+    pub department_id: DepartmentId,
+    pub status: ConversationStatus,
+    pub agent_id: Option<UserId>,
+    pub agent_name: Option<String>,
+    pub offered_to: Option<UserId>,
+    pub last_seq: i64,
+    pub created_at: i64,
+    pub queued_at: i64,
+    pub ended_at: Option<i64>,
+    /// Shown to agents only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prechat: Option<Prechat>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    pub conversation_id: ConversationId,
+    pub seq: i64,
+    pub kind: EventKind,
+    pub at: i64,
+    /// `visitor`, `agent` or `system`.
+    pub author: &'static str,
+    pub agent_id: Option<UserId>,
+    pub agent_name: Option<String>,
+    pub body: Option<String>,
+    pub client_msg_id: Option<String>,
+    pub data: Value,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConsoleOverview {
+    pub status: AgentStatus,
+    pub capacity: i64,
+    pub chats: Vec<ConversationView>,
+    pub offers: Vec<ConversationView>,
+    pub queue: Vec<ConversationView>,
+    /// Live chats of the caller's scope (managers only; empty otherwise).
+    pub live: Vec<ConversationView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OfflineMessageView {
+    pub id: OfflineMessageId,
+    pub department_id: DepartmentId,
+    pub name: String,
+    pub email: String,
+    pub message: String,
+    pub created_at: i64,
+    pub handled_at: Option<i64>,
+    pub handled_by: Option<UserId>,
+}
+
+/// Where a transfer goes.
+#[derive(Debug, Clone, Copy)]
+pub enum TransferTarget {
+    Agent(UserId),
+    Department(DepartmentId),
+}
+
+fn conflict_to_domain(e: AppError) -> AppError {
+    match e {
+        AppError::Conflict("conversation_ended") => DomainError::new(
+            "conversation_id",
+            "conversation_ended",
+            "the chat has ended",
+        )
+        .into(),
+        AppError::Conflict("capacity") => DomainError::new(
+            "agent",
+            "agent_unavailable",
+            "that agent is offline or at capacity",
+        )
+        .into(),
+        AppError::Conflict("not_queued") => DomainError::new(
+            "conversation_id",
+            "not_available",
+            "the chat is no longer waiting for you",
+        )
+        .into(),
+        other => other,
+    }
+}
+
+fn body_context(c: ConversationId, seq: i64) -> String {
+    format!("event.body|{c}|{seq}")
+}
+fn prechat_context(c: ConversationId) -> String {
+    format!("conversation.prechat|{c}")
+}
+fn offline_context(m: OfflineMessageId) -> String {
+    format!("offline_message|{m}")
+}
+
+pub fn frame(v: &Value) -> Frame {
+    Arc::from(v.to_string())
+}
+
+impl App {
+    async fn agent_names(
+        &self,
+        cipher: &TenantCipher,
+        tenant: TenantId,
+    ) -> Result<HashMap<UserId, String>, AppError> {
+        let mut names = HashMap::new();
+        for u in self.store.list_users(tenant).await? {
+            names.insert(
+                u.id,
+                cipher.open_string(&crate::directory::name_context(u.id), &u.display_name_ct)?,
+            );
+        }
+        Ok(names)
+    }
+
+    fn conversation_view(
+        &self,
+        cipher: &TenantCipher,
+        c: &ConversationRecord,
+        names: &HashMap<UserId, String>,
+        with_prechat: bool,
+    ) -> Result<ConversationView, AppError> {
+        let prechat = if with_prechat {
+            Some(
+                serde_json::from_slice(&cipher.open(&prechat_context(c.id), &c.prechat_ct)?)
+                    .unwrap_or_default(),
+            )
+        } else {
+            None
+        };
+        Ok(ConversationView {
+            id: c.id,
+            department_id: c.department,
+            status: c.status,
+            agent_id: c.agent,
+            agent_name: c.agent.and_then(|a| names.get(&a).cloned()),
+            offered_to: c.offered_to,
+            last_seq: c.last_seq,
+            created_at: c.created_at.0,
+            queued_at: c.queued_at.0,
+            ended_at: c.ended_at.map(|t| t.0),
+            prechat,
+        })
+    }
+
+    fn event_view(
+        &self,
+        cipher: &TenantCipher,
+        e: &EventRecord,
+        names: &HashMap<UserId, String>,
+        for_visitor: bool,
+    ) -> Result<EventView, AppError> {
+        let author = Author::parse(&e.author).unwrap_or(Author::System);
+        let (author_kind, agent_id) = match author {
+            Author::Visitor => ("visitor", None),
+            Author::Agent(id) => ("agent", Some(id)),
+            Author::System => ("system", None),
+        };
+        // Transfer notes are for agents only.
+        let hide_body = for_visitor && e.kind == EventKind::Transferred;
+        let body = match (&e.body_ct, hide_body) {
+            (Some(ct), false) => {
+                Some(cipher.open_string(&body_context(e.conversation, e.seq), ct)?)
+            }
+            _ => None,
+        };
+        let mut data: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
+        if let Some(a) = data
+            .get("agent_id")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<UserId>().ok())
+        {
+            data["agent_name"] = json!(names.get(&a));
+        }
+        Ok(EventView {
+            conversation_id: e.conversation,
+            seq: e.seq,
+            kind: e.kind,
+            at: e.at.0,
+            author: author_kind,
+            agent_id,
+            agent_name: agent_id.and_then(|a| names.get(&a).cloned()),
+            body,
+            client_msg_id: e.client_msg_id.clone(),
+            data,
+        })
+    }
+
+    fn publish_event(&self, tenant: TenantId, view: &EventView) {
+        let mut v = json!({ "type": "event" });
+        if let (Some(obj), Ok(Value::Object(ev))) = (v.as_object_mut(), serde_json::to_value(view))
+        {
+            obj.extend(ev);
+        }
+        self.hub
+            .publish(Topic::Conversation(tenant, view.conversation_id), frame(&v));
+    }
+
+    /// Append, then publish the stored event to the conversation's listeners.
+    async fn append_and_publish(
+        &self,
+        tenant: TenantId,
+        conv: ConversationId,
+        event: NewEvent,
+        body: Option<&str>,
+        transition: Transition,
+    ) -> Result<Appended, AppError> {
+        let cipher = self.keys.cipher(self.store.as_ref(), tenant).await?;
+        let seal_cipher = cipher.clone();
+        let plain = body.map(str::to_owned);
+        let sealer = move |seq: i64| {
+            seal_cipher.seal(
+                &body_context(conv, seq),
+                plain.as_deref().unwrap_or_default().as_bytes(),
+            )
+        };
+        let appended = self
+            .store
+            .append_event(
+                tenant,
+                conv,
+                &event,
+                body.map(|_| &sealer as &(dyn Fn(i64) -> Vec<u8> + Send + Sync)),
+                &transition,
+            )
+            .await
+            .map_err(AppError::from)
+            .map_err(conflict_to_domain)?;
+        if !appended.duplicate {
+            let names = self.agent_names(&cipher, tenant).await?;
+            let record = EventRecord {
+                conversation: conv,
+                seq: appended.seq,
+                kind: event.kind,
+                at: appended.at,
+                author: event.author.clone(),
+                client_msg_id: event.client_msg_id.clone(),
+                body_ct: body.map(|b| cipher.seal(&body_context(conv, appended.seq), b.as_bytes())),
+                data: event.data.clone(),
+            };
+            let mut view = self.event_view(&cipher, &record, &names, false)?;
+            if event.kind == EventKind::Transferred {
+                view.body = None; // the note stays in the store for agents who open the chat
+            }
+            self.publish_event(tenant, &view);
+        }
+        Ok(appended)
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Visitors
+
+    /// Open or resume the widget for a site key. Needs no permission: the site key is public; the
+    /// visitor token it returns (new unless a valid one was given) is the visitor's only identity.
+    pub async fn widget_session(
+        &self,
+        site_key: &str,
+        token: Option<&str>,
+    ) -> Result<WidgetSession, AppError> {
+        let tenant = self
+            .store
+            .tenant_by_site_key(site_key)
+            .await?
+            .ok_or(AppError::NotFound)?;
+        let cipher = self.keys.cipher(self.store.as_ref(), tenant.id).await?;
+        let existing = match token {
+            Some(t) => self
+                .store
+                .visitor_by_token(&sha256(t.as_bytes()))
+                .await?
+                .filter(|v| v.tenant == tenant.id),
+            None => None,
+        };
+        let (token, visitor) = match (token, existing) {
+            (Some(t), Some(v)) => (t.to_owned(), v),
+            _ => {
+                let token = random_token();
+                let now = self.now();
+                let v = VisitorRecord {
+                    id: VisitorId::from_uuid(self.new_id()),
+                    tenant: tenant.id,
+                    token_hash: sha256(token.as_bytes()).to_vec(),
+                    created_at: now,
+                    last_seen_at: now,
+                };
+                self.store.create_visitor(tenant.id, &v).await?;
+                (token, v)
+            }
+        };
+        let routing: HashMap<DepartmentId, DepartmentRouting> = self
+            .store
+            .department_routing(tenant.id)
+            .await?
+            .into_iter()
+            .map(|r| (r.department, r))
+            .collect();
+        let mut departments = vec![];
+        for d in self.store.list_departments(tenant.id).await? {
+            let online = !self
+                .store
+                .routing_candidates(tenant.id, d.id)
+                .await?
+                .is_empty();
+            let fields = routing
+                .get(&d.id)
+                .and_then(|r| serde_json::from_str(&r.prechat_fields).ok())
+                .unwrap_or_default();
+            departments.push(WidgetDepartment {
+                id: d.id,
+                name: d.name,
+                online,
+                prechat_fields: fields,
+            });
+        }
+        let names = self.agent_names(&cipher, tenant.id).await?;
+        let conversation = match self
+            .store
+            .open_conversation_of_visitor(tenant.id, visitor.id)
+            .await?
+        {
+            Some(c) => Some(self.conversation_view(&cipher, &c, &names, false)?),
+            None => None,
+        };
+        Ok(WidgetSession {
+            visitor_token: token,
+            site_name: cipher.open_string("tenant.name", &tenant.name_ct)?,
+            departments,
+            conversation,
+        })
+    }
+
+    /// The visitor a token names.
+    pub async fn authenticate_visitor(&self, token: &str) -> Result<Visitor, AppError> {
+        let v = self
+            .store
+            .visitor_by_token(&sha256(token.as_bytes()))
+            .await?
+            .ok_or(AppError::Unauthenticated)?;
+        Ok(Visitor {
+            tenant: v.tenant,
+            id: v.id,
+        })
+    }
+
+    /// The allowed website origins of a site key's tenant (for the widget's frame-ancestors).
+    pub async fn widget_origins(&self, site_key: &str) -> Result<Vec<String>, AppError> {
+        Ok(self
+            .store
+            .tenant_by_site_key(site_key)
+            .await?
+            .ok_or(AppError::NotFound)?
+            .allowed_origins)
+    }
+
+    /// Start a chat (or return the visitor's open one). The visitor's own; no agent online in the
+    /// department: `no_agent_online`, and the widget offers the offline form.
+    pub async fn start_chat(
+        &self,
+        v: Visitor,
+        department: DepartmentId,
+        answers: Prechat,
+    ) -> Result<ConversationView, AppError> {
+        let cipher = self.keys.cipher(self.store.as_ref(), v.tenant).await?;
+        if let Some(open) = self
+            .store
+            .open_conversation_of_visitor(v.tenant, v.id)
+            .await?
+        {
+            let names = self.agent_names(&cipher, v.tenant).await?;
+            return self.conversation_view(&cipher, &open, &names, false);
+        }
+        let routing = self
+            .store
+            .department_routing(v.tenant)
+            .await?
+            .into_iter()
+            .find(|r| r.department == department)
+            .ok_or_else(|| {
+                DomainError::new("department_id", "unknown_department", "no such department")
+            })?;
+        let fields: PrechatFields =
+            serde_json::from_str(&routing.prechat_fields).unwrap_or_default();
+        let prechat = validate_prechat(&fields, answers)?;
+        if self
+            .store
+            .routing_candidates(v.tenant, department)
+            .await?
+            .is_empty()
+        {
+            return Err(AppError::Conflict("no_agent_online"));
+        }
+        let now = self.now();
+        let id = ConversationId::from_uuid(self.new_id());
+        let record = ConversationRecord {
+            id,
+            tenant: v.tenant,
+            visitor: v.id,
+            department,
+            status: ConversationStatus::Queued,
+            agent: None,
+            offered_to: None,
+            offer_expires_at: None,
+            declined_by: vec![],
+            prechat_ct: cipher.seal(
+                &prechat_context(id),
+                &serde_json::to_vec(&prechat).unwrap_or_default(),
+            ),
+            last_seq: 1,
+            created_at: now,
+            queued_at: now,
+            ended_at: None,
+        };
+        let started = NewEvent {
+            kind: EventKind::Started,
+            author: Author::Visitor.to_stored(),
+            client_msg_id: None,
+            data: json!({ "department_id": department }).to_string(),
+            at: now,
+        };
+        self.store
+            .create_conversation(v.tenant, &record, &started)
+            .await?;
+        if let Some(q) = &prechat.question {
+            let e = NewEvent {
+                kind: EventKind::Message,
+                author: Author::Visitor.to_stored(),
+                client_msg_id: Some("prechat-question".into()),
+                data: "{}".into(),
+                at: now,
+            };
+            self.append_and_publish(v.tenant, id, e, Some(q), Transition::None)
+                .await?;
+        }
+        self.route_department(v.tenant, department).await?;
+        let rec = self
+            .store
+            .conversation(v.tenant, id)
+            .await?
+            .ok_or(AppError::NotFound)?;
+        let names = self.agent_names(&cipher, v.tenant).await?;
+        self.conversation_view(&cipher, &rec, &names, false)
+    }
+
+    /// Load a conversation the actor may act in: the visitor's own; an agent's assigned chat
+    /// (or, with `read_only`, any chat of their scope).
+    async fn conversation_for(
+        &self,
+        actor: ChatActor<'_>,
+        conv: ConversationId,
+        read_only: bool,
+    ) -> Result<ConversationRecord, AppError> {
+        match actor {
+            ChatActor::Visitor(v) => {
+                let c = self
+                    .store
+                    .conversation(v.tenant, conv)
+                    .await?
+                    .ok_or(AppError::NotFound)?;
+                if c.visitor != v.id {
+                    return Err(AppError::NotFound);
+                }
+                Ok(c)
+            }
+            ChatActor::Agent(s) => {
+                self.authorize(s, Permission::UseConsole, None).await?;
+                let a = &s.actor;
+                let c = self
+                    .store
+                    .conversation(a.tenant, conv)
+                    .await?
+                    .ok_or(AppError::NotFound)?;
+                let mine = c.agent == Some(a.user) || c.offered_to == Some(a.user);
+                if mine || (read_only && a.covers_department(c.department)) {
+                    return Ok(c);
+                }
+                if a.covers_department(c.department) {
+                    return Err(DomainError::new(
+                        "conversation_id",
+                        "not_assigned",
+                        "the chat is not yours; accept it first",
+                    )
+                    .into());
+                }
+                Err(AppError::NotFound)
+            }
+        }
+    }
+
+    /// Send a chat message; answered once it is durably stored. A resend with the same
+    /// `client_msg_id` gets the original sequence number and stores nothing new.
+    pub async fn send_message(
+        &self,
+        actor: ChatActor<'_>,
+        conv: ConversationId,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Result<Appended, AppError> {
+        let client_id = ClientMsgId::parse(client_msg_id)?;
+        let body = MessageBody::parse(body)?;
+        let c = self.conversation_for(actor, conv, false).await?;
+        let author = match actor {
+            ChatActor::Visitor(_) => Author::Visitor,
+            ChatActor::Agent(s) => {
+                if c.agent != Some(s.actor.user) {
+                    return Err(DomainError::new(
+                        "conversation_id",
+                        "not_assigned",
+                        "accept the chat before writing in it",
+                    )
+                    .into());
+                }
+                Author::Agent(s.actor.user)
+            }
+        };
+        let e = NewEvent {
+            kind: EventKind::Message,
+            author: author.to_stored(),
+            client_msg_id: Some(client_id.as_str().to_owned()),
+            data: "{}".into(),
+            at: self.now(),
+        };
+        self.append_and_publish(c.tenant, conv, e, Some(body.as_str()), Transition::None)
+            .await
+    }
+
+    /// Tell the other side one is typing. A signal: published, never stored.
+    pub async fn typing(
+        &self,
+        actor: ChatActor<'_>,
+        conv: ConversationId,
+        on: bool,
+    ) -> Result<(), AppError> {
+        let c = self.conversation_for(actor, conv, false).await?;
+        let who = if matches!(actor, ChatActor::Visitor(_)) {
+            "visitor"
+        } else {
+            "agent"
+        };
+        self.hub.publish(
+            Topic::Conversation(c.tenant, conv),
+            frame(&json!({ "type": "typing", "conversation_id": conv, "who": who, "on": on })),
+        );
+        Ok(())
+    }
+
+    /// Events after `since`, in order (for resume and transcripts).
+    pub async fn events_since(
+        &self,
+        actor: ChatActor<'_>,
+        conv: ConversationId,
+        since: i64,
+    ) -> Result<Vec<EventView>, AppError> {
+        let c = self.conversation_for(actor, conv, true).await?;
+        let cipher = self.keys.cipher(self.store.as_ref(), c.tenant).await?;
+        let names = self.agent_names(&cipher, c.tenant).await?;
+        let for_visitor = matches!(actor, ChatActor::Visitor(_));
+        let mut out = vec![];
+        let mut after = since.max(0);
+        loop {
+            let page = self.store.events(c.tenant, conv, after, 500).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for e in &page {
+                out.push(self.event_view(&cipher, e, &names, for_visitor)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One conversation, with pre-chat answers for agents.
+    pub async fn conversation_detail(
+        &self,
+        actor: ChatActor<'_>,
+        conv: ConversationId,
+    ) -> Result<ConversationView, AppError> {
+        let c = self.conversation_for(actor, conv, true).await?;
+        let cipher = self.keys.cipher(self.store.as_ref(), c.tenant).await?;
+        let names = self.agent_names(&cipher, c.tenant).await?;
+        self.conversation_view(&cipher, &c, &names, matches!(actor, ChatActor::Agent(_)))
+    }
+
+    /// End the chat: the visitor, or the assigned agent.
+    pub async fn end_chat(
+        &self,
+        actor: ChatActor<'_>,
+        conv: ConversationId,
+    ) -> Result<Appended, AppError> {
+        let c = self.conversation_for(actor, conv, false).await?;
+        let (author, by) = match actor {
+            ChatActor::Visitor(_) => (Author::Visitor, "visitor"),
+            ChatActor::Agent(s) => (Author::Agent(s.actor.user), "agent"),
+        };
+        let e = NewEvent {
+            kind: EventKind::Ended,
+            author: author.to_stored(),
+            client_msg_id: None,
+            data: json!({ "by": by }).to_string(),
+            at: self.now(),
+        };
+        let a = self
+            .append_and_publish(c.tenant, conv, e, None, Transition::End)
+            .await?;
+        if let Some(agent) = c.agent {
+            self.hub.publish(
+                Topic::Agent(c.tenant, agent),
+                frame(&json!({ "type": "chat_closed", "conversation_id": conv })),
+            );
+        }
+        self.route_department(c.tenant, c.department).await?;
+        self.publish_queue(c.tenant, c.department).await?;
+        Ok(a)
+    }
+
+    /// Leave a message while nobody is online. The visitor's own department choice.
+    pub async fn leave_offline_message(
+        &self,
+        v: Visitor,
+        department: DepartmentId,
+        name: &str,
+        email: &str,
+        message: &str,
+    ) -> Result<OfflineMessageId, AppError> {
+        let name =
+            DisplayName::parse(name).map_err(|e| DomainError::new("name", e.code, e.message))?;
+        let email = EmailAddress::parse(email)?;
+        let message = MessageBody::parse(message)
+            .map_err(|e| DomainError::new("message", e.code, e.message))?;
+        if !self
+            .store
+            .list_departments(v.tenant)
+            .await?
+            .iter()
+            .any(|d| d.id == department)
+        {
+            return Err(DomainError::new(
+                "department_id",
+                "unknown_department",
+                "no such department",
+            )
+            .into());
+        }
+        let cipher = self.keys.cipher(self.store.as_ref(), v.tenant).await?;
+        let id = OfflineMessageId::from_uuid(self.new_id());
+        let content =
+            json!({ "name": name.as_str(), "email": email.as_str(), "message": message.as_str() });
+        let m = OfflineMessageRecord {
+            id,
+            tenant: v.tenant,
+            department,
+            visitor: v.id,
+            content_ct: cipher.seal(&offline_context(id), content.to_string().as_bytes()),
+            created_at: self.now(),
+            handled_at: None,
+            handled_by: None,
+        };
+        self.store.create_offline_message(v.tenant, &m).await?;
+        self.hub.publish(
+            Topic::Department(v.tenant, department),
+            frame(&json!({ "type": "offline_message", "department_id": department })),
+        );
+        Ok(id)
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Agents
+
+    /// Set one's status. Needs `UseConsole`. Going offline puts one's chats back in the queue;
+    /// coming online takes queued chats of one's departments.
+    pub async fn set_agent_status(&self, s: &Session, status: AgentStatus) -> Result<(), AppError> {
+        self.authorize(s, Permission::UseConsole, None).await?;
+        let a = &s.actor;
+        self.store
+            .set_agent_status(a.tenant, a.user, status, self.now())
+            .await?;
+        if status == AgentStatus::Offline {
+            for c in self.store.conversations_of_agent(a.tenant, a.user).await? {
+                let e = NewEvent {
+                    kind: EventKind::Requeued,
+                    author: Author::System.to_stored(),
+                    client_msg_id: None,
+                    data: json!({ "reason": "agent_offline" }).to_string(),
+                    at: self.now(),
+                };
+                self.append_and_publish(
+                    a.tenant,
+                    c.id,
+                    e,
+                    None,
+                    Transition::Requeue { decline: None },
+                )
+                .await?;
+            }
+        }
+        for d in &a.departments {
+            self.route_department(a.tenant, *d).await?;
+            self.publish_queue(a.tenant, *d).await?;
+        }
+        Ok(())
+    }
+
+    /// The console's picture: status, own chats, offers, the queue of one's departments, and for
+    /// managers the live chats of their scope. Needs `UseConsole`.
+    pub async fn console_overview(&self, s: &Session) -> Result<ConsoleOverview, AppError> {
+        self.authorize(s, Permission::UseConsole, None).await?;
+        let a = &s.actor;
+        let cipher = self.keys.cipher(self.store.as_ref(), a.tenant).await?;
+        let names = self.agent_names(&cipher, a.tenant).await?;
+        let presence = self.store.presence(a.tenant).await?;
+        let me = presence.iter().find(|p| p.user == a.user);
+        let user = self
+            .store
+            .user(a.tenant, a.user)
+            .await?
+            .ok_or(AppError::Unauthenticated)?;
+        let chats = self
+            .store
+            .conversations_of_agent(a.tenant, a.user)
+            .await?
+            .iter()
+            .map(|c| self.conversation_view(&cipher, c, &names, true))
+            .collect::<Result<_, _>>()?;
+        let queued = self
+            .store
+            .conversations_by_status(a.tenant, ConversationStatus::Queued, None)
+            .await?;
+        let mut offers = vec![];
+        let mut queue = vec![];
+        for c in &queued {
+            if c.offered_to == Some(a.user) {
+                offers.push(self.conversation_view(&cipher, c, &names, true)?);
+            } else if a.departments.contains(&c.department)
+                || (a.can(Permission::SuperviseChats) && a.covers_department(c.department))
+            {
+                queue.push(self.conversation_view(&cipher, c, &names, true)?);
+            }
+        }
+        let mut live = vec![];
+        if a.can(Permission::SuperviseChats) {
+            for c in self
+                .store
+                .conversations_by_status(a.tenant, ConversationStatus::Assigned, None)
+                .await?
+            {
+                if a.covers_department(c.department) {
+                    live.push(self.conversation_view(&cipher, &c, &names, true)?);
+                }
+            }
+        }
+        Ok(ConsoleOverview {
+            status: me.map_or(AgentStatus::Offline, |p| p.status),
+            capacity: user.capacity,
+            chats,
+            offers,
+            queue,
+            live,
+        })
+    }
+
+    /// Take a chat: one offered to oneself, or an unoffered one waiting in one's department.
+    pub async fn accept_chat(
+        &self,
+        s: &Session,
+        conv: ConversationId,
+    ) -> Result<ConversationView, AppError> {
+        self.authorize(s, Permission::UseConsole, None).await?;
+        let a = &s.actor;
+        let c = self
+            .store
+            .conversation(a.tenant, conv)
+            .await?
+            .ok_or(AppError::NotFound)?;
+        if c.offered_to != Some(a.user) && !a.departments.contains(&c.department) {
+            return Err(if a.covers_department(c.department) {
+                AppError::Forbidden(Permission::UseConsole)
+            } else {
+                AppError::NotFound
+            });
+        }
+        let offered_elsewhere = c.offered_to.is_some_and(|o| o != a.user)
+            && c.offer_expires_at.is_some_and(|t| t > self.now());
+        if offered_elsewhere {
+            return Err(DomainError::new(
+                "conversation_id",
+                "not_available",
+                "the chat is offered to someone else",
+            )
+            .into());
+        }
+        let e = NewEvent {
+            kind: EventKind::Assigned,
+            author: Author::Agent(a.user).to_stored(),
+            client_msg_id: None,
+            data: json!({ "agent_id": a.user }).to_string(),
+            at: self.now(),
+        };
+        self.append_and_publish(
+            a.tenant,
+            conv,
+            e,
+            None,
+            Transition::Assign {
+                agent: a.user,
+                require_offer: false,
+            },
+        )
+        .await?;
+        self.after_assignment(a.tenant, conv).await
+    }
+
+    async fn after_assignment(
+        &self,
+        tenant: TenantId,
+        conv: ConversationId,
+    ) -> Result<ConversationView, AppError> {
+        let c = self
+            .store
+            .conversation(tenant, conv)
+            .await?
+            .ok_or(AppError::NotFound)?;
+        let cipher = self.keys.cipher(self.store.as_ref(), tenant).await?;
+        let names = self.agent_names(&cipher, tenant).await?;
+        let view = self.conversation_view(&cipher, &c, &names, true)?;
+        if let Some(agent) = c.agent {
+            self.hub.publish(
+                Topic::Agent(tenant, agent),
+                frame(&json!({ "type": "chat_assigned", "conversation": view })),
+            );
+        }
+        self.publish_queue(tenant, c.department).await?;
+        Ok(view)
+    }
+
+    /// Turn down an offered chat; it goes to the next agent. Needs `UseConsole`.
+    pub async fn reject_chat(&self, s: &Session, conv: ConversationId) -> Result<(), AppError> {
+        self.authorize(s, Permission::UseConsole, None).await?;
+        let a = &s.actor;
+        if !self.store.decline_offer(a.tenant, conv, a.user).await? {
+            return Err(DomainError::new(
+                "conversation_id",
+                "not_offered",
+                "the chat is not offered to you",
+            )
+            .into());
+        }
+        self.route(a.tenant, conv).await
+    }
+
+    /// Hand one's chat to another agent (online, with room) or to a department's queue, with an
+    /// optional note that only agents see. Needs `UseConsole` and the chat.
+    pub async fn transfer_chat(
+        &self,
+        s: &Session,
+        conv: ConversationId,
+        to: TransferTarget,
+        note: Option<&str>,
+    ) -> Result<ConversationView, AppError> {
+        let c = self
+            .conversation_for(ChatActor::Agent(s), conv, false)
+            .await?;
+        let a = &s.actor;
+        if c.agent != Some(a.user) {
+            return Err(DomainError::new(
+                "conversation_id",
+                "not_assigned",
+                "only the chat's agent can transfer it",
+            )
+            .into());
+        }
+        let note = note
+            .map(MessageBody::parse)
+            .transpose()
+            .map_err(|e| e.map_field("note"))?;
+        let (department, agent) = match to {
+            TransferTarget::Agent(u) => {
+                if u == a.user {
+                    return Err(DomainError::new(
+                        "agent_id",
+                        "same_agent",
+                        "the chat is already yours",
+                    )
+                    .into());
+                }
+                let target = self
+                    .store
+                    .user(a.tenant, u)
+                    .await?
+                    .filter(|t| !t.disabled)
+                    .ok_or_else(|| {
+                        DomainError::new("agent_id", "unknown_agent", "no such agent")
+                    })?;
+                let department = if target.departments.contains(&c.department) {
+                    c.department
+                } else {
+                    *target.departments.first().ok_or_else(|| {
+                        DomainError::new(
+                            "agent_id",
+                            "unknown_agent",
+                            "that agent is in no department",
+                        )
+                    })?
+                };
+                (department, Some(u))
+            }
+            TransferTarget::Department(d) => {
+                if !self
+                    .store
+                    .list_departments(a.tenant)
+                    .await?
+                    .iter()
+                    .any(|x| x.id == d)
+                {
+                    return Err(DomainError::new(
+                        "department_id",
+                        "unknown_department",
+                        "no such department",
+                    )
+                    .into());
+                }
+                (d, None)
+            }
+        };
+        let e = NewEvent {
+            kind: EventKind::Transferred,
+            author: Author::Agent(a.user).to_stored(),
+            client_msg_id: None,
+            data:
+                json!({ "from_agent_id": a.user, "agent_id": agent, "department_id": department })
+                    .to_string(),
+            at: self.now(),
+        };
+        self.append_and_publish(
+            a.tenant,
+            conv,
+            e,
+            note.as_ref().map(|n| n.as_str()),
+            Transition::Transfer { department, agent },
+        )
+        .await?;
+        self.hub.publish(
+            Topic::Agent(a.tenant, a.user),
+            frame(&json!({ "type": "chat_closed", "conversation_id": conv })),
+        );
+        let audit = self.audit_event(
+            a.tenant,
+            AuditActor::User(a.user),
+            "conversation.transferred",
+            Some(conv.to_string()),
+            None,
+            json!({ "agent_id": agent, "department_id": department }),
+        );
+        self.store.append_audit(a.tenant, &audit).await?;
+        if agent.is_none() {
+            self.route(a.tenant, conv).await?;
+        }
+        self.route_department(a.tenant, c.department).await?;
+        self.after_assignment(a.tenant, conv).await
+    }
+
+    /// Past chats of one's departments (all, for site-wide roles), newest first; `query` searches
+    /// the visitor's name, email and the messages. Needs `UseConsole`.
+    pub async fn transcripts(
+        &self,
+        s: &Session,
+        query: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<ConversationView>, AppError> {
+        self.authorize(s, Permission::UseConsole, None).await?;
+        let a = &s.actor;
+        let scope: Option<Vec<DepartmentId>> = if matches!(
+            a.role,
+            parley_core::Role::SiteAdmin | parley_core::Role::SiteManager
+        ) {
+            None
+        } else {
+            Some(a.departments.clone())
+        };
+        let limit = limit.clamp(1, 100);
+        let query = query
+            .map(|q| q.trim().to_lowercase())
+            .filter(|q| !q.is_empty());
+        // Bodies are encrypted: a search decrypts a bounded window of recent chats.
+        let window = if query.is_some() { 500 } else { limit };
+        let list = self
+            .store
+            .ended_conversations(
+                a.tenant,
+                scope.as_deref(),
+                Timestamp(before.unwrap_or(i64::MAX)),
+                window,
+            )
+            .await?;
+        let cipher = self.keys.cipher(self.store.as_ref(), a.tenant).await?;
+        let names = self.agent_names(&cipher, a.tenant).await?;
+        let mut out = vec![];
+        for c in &list {
+            let view = self.conversation_view(&cipher, c, &names, true)?;
+            let keep = match &query {
+                None => true,
+                Some(q) => {
+                    let p = view.prechat.clone().unwrap_or_default();
+                    let mut hay = format!(
+                        "{} {} {}",
+                        p.name.unwrap_or_default(),
+                        p.email.unwrap_or_default(),
+                        p.question.unwrap_or_default()
+                    )
+                    .to_lowercase();
+                    for e in self.store.events(a.tenant, c.id, 0, 1000).await? {
+                        if let (EventKind::Message, Some(ct)) = (e.kind, &e.body_ct) {
+                            hay.push(' ');
+                            hay.push_str(
+                                &cipher
+                                    .open_string(&body_context(c.id, e.seq), ct)?
+                                    .to_lowercase(),
+                            );
+                        }
+                    }
+                    hay.contains(q.as_str())
+                }
+            };
+            if keep {
+                out.push(view);
+                if out.len() as i64 >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Offline messages of one's departments (all, for site-wide roles). Needs `UseConsole`.
+    pub async fn offline_messages(&self, s: &Session) -> Result<Vec<OfflineMessageView>, AppError> {
+        self.authorize(s, Permission::UseConsole, None).await?;
+        let a = &s.actor;
+        let scope: Option<Vec<DepartmentId>> = if matches!(
+            a.role,
+            parley_core::Role::SiteAdmin | parley_core::Role::SiteManager
+        ) {
+            None
+        } else {
+            Some(a.departments.clone())
+        };
+        let cipher = self.keys.cipher(self.store.as_ref(), a.tenant).await?;
+        self.store
+            .offline_messages(a.tenant, scope.as_deref(), 200)
+            .await?
+            .iter()
+            .map(|m| {
+                let v: Value =
+                    serde_json::from_slice(&cipher.open(&offline_context(m.id), &m.content_ct)?)
+                        .unwrap_or_default();
+                let field = |k: &str| {
+                    v.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                Ok(OfflineMessageView {
+                    id: m.id,
+                    department_id: m.department,
+                    name: field("name"),
+                    email: field("email"),
+                    message: field("message"),
+                    created_at: m.created_at.0,
+                    handled_at: m.handled_at.map(|t| t.0),
+                    handled_by: m.handled_by,
+                })
+            })
+            .collect()
+    }
+
+    /// Mark an offline message as answered. Needs `UseConsole` and the message's department.
+    pub async fn handle_offline_message(
+        &self,
+        s: &Session,
+        id: OfflineMessageId,
+        ip: Option<&str>,
+    ) -> Result<(), AppError> {
+        self.authorize(s, Permission::UseConsole, ip).await?;
+        let a = &s.actor;
+        let visible = self.offline_messages(s).await?.iter().any(|m| m.id == id);
+        if !visible {
+            return Err(AppError::NotFound);
+        }
+        let audit = self.audit_event(
+            a.tenant,
+            AuditActor::User(a.user),
+            "offline_message.handled",
+            Some(id.to_string()),
+            ip,
+            json!({}),
+        );
+        self.store
+            .mark_offline_message_handled(a.tenant, id, a.user, self.now(), &audit)
+            .await?;
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Routing
+
+    /// Give one queued chat to an agent, per its department's mode: offer it (the agent accepts
+    /// or it lapses) or assign it directly. Without an eligible agent it waits in the queue.
+    pub async fn route(&self, tenant: TenantId, conv: ConversationId) -> Result<(), AppError> {
+        for _attempt in 0..5 {
+            let Some(c) = self.store.conversation(tenant, conv).await? else {
+                return Ok(());
+            };
+            let now = self.now();
+            let live_offer = c.offered_to.is_some() && c.offer_expires_at.is_some_and(|t| t > now);
+            if c.status != ConversationStatus::Queued || live_offer {
+                return Ok(());
+            }
+            let routing = self
+                .store
+                .department_routing(tenant)
+                .await?
+                .into_iter()
+                .find(|r| r.department == c.department);
+            let Some(routing) = routing else {
+                return Ok(());
+            };
+            let candidates = self.store.routing_candidates(tenant, c.department).await?;
+            let Some(agent) = choose_agent(&candidates, &c.declined_by) else {
+                self.publish_queue(tenant, c.department).await?;
+                return Ok(());
+            };
+            if routing.mode == "assign" {
+                let e = NewEvent {
+                    kind: EventKind::Assigned,
+                    author: Author::System.to_stored(),
+                    client_msg_id: None,
+                    data: json!({ "agent_id": agent }).to_string(),
+                    at: now,
+                };
+                match self
+                    .append_and_publish(
+                        tenant,
+                        conv,
+                        e,
+                        None,
+                        Transition::Assign {
+                            agent,
+                            require_offer: false,
+                        },
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        self.after_assignment(tenant, conv).await?;
+                        return Ok(());
+                    }
+                    Err(AppError::Invalid(d)) if d.code == "agent_unavailable" => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            let expires = now.plus_millis(routing.offer_timeout_ms);
+            if self.store.offer(tenant, conv, agent, now, expires).await? {
+                let cipher = self.keys.cipher(self.store.as_ref(), tenant).await?;
+                let names = self.agent_names(&cipher, tenant).await?;
+                let c = self
+                    .store
+                    .conversation(tenant, conv)
+                    .await?
+                    .ok_or(AppError::NotFound)?;
+                let view = self.conversation_view(&cipher, &c, &names, true)?;
+                self.hub.publish(
+                    Topic::Agent(tenant, agent),
+                    frame(&json!({ "type": "offer", "conversation": view, "expires_at": expires })),
+                );
+                self.publish_queue(tenant, c.department).await?;
+            }
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    /// Route every waiting chat of a department, oldest first, while agents have room.
+    pub async fn route_department(
+        &self,
+        tenant: TenantId,
+        department: DepartmentId,
+    ) -> Result<(), AppError> {
+        for c in self
+            .store
+            .conversations_by_status(tenant, ConversationStatus::Queued, Some(department))
+            .await?
+        {
+            if self
+                .store
+                .routing_candidates(tenant, department)
+                .await?
+                .iter()
+                .all(|k| k.active_chats >= k.capacity)
+            {
+                break;
+            }
+            self.route(tenant, c.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Tell each waiting visitor of a department their place and an estimated wait, and the
+    /// department's consoles that the queue changed.
+    pub async fn publish_queue(
+        &self,
+        tenant: TenantId,
+        department: DepartmentId,
+    ) -> Result<(), AppError> {
+        let queued = self
+            .store
+            .conversations_by_status(tenant, ConversationStatus::Queued, Some(department))
+            .await?;
+        let agents = self
+            .store
+            .routing_candidates(tenant, department)
+            .await?
+            .len()
+            .max(1) as i64;
+        for (i, c) in queued.iter().enumerate() {
+            let position = i as i64 + 1;
+            // A rough estimate: a minute per chat ahead, spread over the online agents.
+            let wait = (position - 1) / agents * 60 + 30;
+            self.hub.publish(
+                Topic::Conversation(tenant, c.id),
+                frame(&json!({ "type": "queue", "conversation_id": c.id, "position": position, "estimated_wait_secs": wait })),
+            );
+        }
+        self.hub.publish(Topic::Department(tenant, department), frame(&json!({ "type": "queue_changed", "department_id": department, "waiting": queued.len() })));
+        Ok(())
+    }
+
+    /// Withdraw lapsed offers and route those chats on. Run by every node's timer; the store
+    /// decides which node wins each offer.
+    pub async fn expire_offers(&self) -> Result<usize, AppError> {
+        let lapsed = self.store.lapsed_offers(self.now()).await?;
+        let mut n = 0;
+        for (tenant, conv, agent) in lapsed {
+            if self.store.decline_offer(tenant, conv, agent).await? {
+                n += 1;
+                self.hub.publish(
+                    Topic::Agent(tenant, agent),
+                    frame(&json!({ "type": "offer_withdrawn", "conversation_id": conv })),
+                );
+                self.route(tenant, conv).await?;
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn validate_prechat(fields: &PrechatFields, answers: Prechat) -> Result<Prechat, AppError> {
+    fn rule(
+        rule: FieldRule,
+        field: &'static str,
+        value: Option<String>,
+    ) -> Result<Option<String>, DomainError> {
+        let value = value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        match (rule, value) {
+            (FieldRule::Hidden, _) => Ok(None),
+            (FieldRule::Required, None) => {
+                Err(DomainError::new(field, "required", "must not be empty"))
+            }
+            (_, v) => Ok(v),
+        }
+    }
+    let name = rule(fields.name, "name", answers.name)?
+        .map(|n| {
+            DisplayName::parse(&n)
+                .map(|d| d.as_str().to_owned())
+                .map_err(|e| e.map_field("name"))
+        })
+        .transpose()?;
+    let email = rule(fields.email, "email", answers.email)?
+        .map(|e| EmailAddress::parse(&e).map(|e| e.as_str().to_owned()))
+        .transpose()?;
+    let question = rule(fields.question, "question", answers.question)?
+        .map(|q| {
+            MessageBody::parse(&q)
+                .map(|b| b.as_str().to_owned())
+                .map_err(|e| e.map_field("question"))
+        })
+        .transpose()?;
+    Ok(Prechat {
+        name,
+        email,
+        question,
+    })
+}

@@ -134,6 +134,16 @@ pub struct ConsoleOverview {
     pub queue: Vec<ConversationView>,
     /// Live chats of the caller's scope (managers only; empty otherwise).
     pub live: Vec<ConversationView>,
+    /// Colleagues online or away, for transfers.
+    pub agents: Vec<AgentBrief>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AgentBrief {
+    pub id: UserId,
+    pub name: String,
+    pub status: AgentStatus,
+    pub department_ids: Vec<DepartmentId>,
 }
 
 #[derive(Debug, Serialize)]
@@ -842,7 +852,23 @@ impl App {
                 }
             }
         }
+        let mut agents = vec![];
+        for u in self.store.list_users(a.tenant).await? {
+            let status = presence
+                .iter()
+                .find(|p| p.user == u.id)
+                .map_or(AgentStatus::Offline, |p| p.status);
+            if u.id != a.user && !u.disabled && status != AgentStatus::Offline {
+                agents.push(AgentBrief {
+                    id: u.id,
+                    name: names.get(&u.id).cloned().unwrap_or_default(),
+                    status,
+                    department_ids: u.departments,
+                });
+            }
+        }
         Ok(ConsoleOverview {
+            agents,
             status: me.map_or(AgentStatus::Offline, |p| p.status),
             capacity: user.capacity,
             chats,

@@ -50,8 +50,18 @@ impl App {
         slug: Option<&str>,
         admin_email: &str,
         admin_name: Option<&str>,
+        allowed_origins: &[String],
     ) -> Result<TenantCreated, AppError> {
         let name = SiteName::parse(name)?;
+        let mut origins: Vec<String> = vec![];
+        for o in allowed_origins {
+            let o = parley_core::values::AllowedOrigin::parse(o)?
+                .as_str()
+                .to_owned();
+            if !origins.contains(&o) {
+                origins.push(o);
+            }
+        }
         let slug = match slug {
             Some(s) => Slug::parse(s)?,
             None => Slug::from_name(&name)?,
@@ -97,7 +107,7 @@ impl App {
             slug: slug.as_str().to_owned(),
             name_ct: cipher.seal("tenant.name", name.as_str().as_bytes()),
             site_key: format!("site_{}", parley_crypto::random_token()),
-            allowed_origins: vec![],
+            allowed_origins: origins,
             created_at: now,
             audit_seq: 0,
             audit_head: GENESIS_HASH.to_vec(),

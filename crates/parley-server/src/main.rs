@@ -58,6 +58,10 @@ enum TenantCommand {
         /// Display name of the first site administrator.
         #[arg(long)]
         admin_name: Option<String>,
+        /// A website origin where the chat widget may be embedded, e.g. https://www.acme.com
+        /// (repeat for several; more can be added in the admin panel).
+        #[arg(long = "allowed-origin")]
+        allowed_origins: Vec<String>,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -129,10 +133,17 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             slug,
             admin_email,
             admin_name,
+            allowed_origins,
             json,
         }) => {
             let t = app
-                .create_tenant(&name, slug.as_deref(), &admin_email, admin_name.as_deref())
+                .create_tenant(
+                    &name,
+                    slug.as_deref(),
+                    &admin_email,
+                    admin_name.as_deref(),
+                    &allowed_origins,
+                )
                 .await
                 .map_err(|e| describe(e, "tenant"))?;
             if json {

@@ -132,6 +132,8 @@ pub fn router(state: AppState) -> Router {
         .route("/favicon.ico", get(web::favicon))
         .route("/admin", get(web::admin))
         .route("/console", get(web::console))
+        .route("/widget.js", get(web::widget_loader))
+        .route("/widget/frame", get(web::widget_frame))
         .route("/static/{file}", get(web::asset))
         .fallback(web::not_found)
         .layer(axum::middleware::from_fn_with_state(

@@ -29,10 +29,21 @@ pub async fn headers(State(state): State<AppState>, req: Request, next: Next) ->
         set(h, "content-security-policy", CSP);
     }
     set(h, "x-content-type-options", "nosniff");
-    set(h, "x-frame-options", "DENY");
+    // The widget's frame sets its own frame-ancestors; every other answer may not be framed.
+    let framable = h
+        .get(header::CONTENT_SECURITY_POLICY)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|csp| {
+            csp.contains("frame-ancestors") && !csp.contains("frame-ancestors 'none'")
+        });
+    if !framable {
+        set(h, "x-frame-options", "DENY");
+    }
     set(h, "referrer-policy", "no-referrer");
     set(h, "cross-origin-opener-policy", "same-origin");
-    set(h, "cross-origin-resource-policy", "same-origin");
+    if !h.contains_key("cross-origin-resource-policy") {
+        set(h, "cross-origin-resource-policy", "same-origin");
+    }
     set(
         h,
         "permissions-policy",

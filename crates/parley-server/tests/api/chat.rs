@@ -652,3 +652,61 @@ async fn chats_never_cross_tenants(db: Db) {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     d.t.stop().await;
 }
+
+#[tokio::test]
+async fn the_widget_frame_is_framed_only_by_allowed_sites() {
+    let d = desk(Db::Sqlite, 1, 2, "assign", 30_000).await;
+    d._admin
+        .patch(
+            "/api/site",
+            json!({ "allowed_origins": ["https://shop.acme.test"] }),
+        )
+        .await;
+    let http = reqwest::Client::new();
+    let frame = format!("/widget/frame?site={}", d.site_key);
+    let r = http
+        .get(d.t.url(&frame))
+        .header("referer", "https://shop.acme.test/products/1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("frame-ancestors https://shop.acme.test"),
+        "{csp}"
+    );
+    assert!(
+        r.headers().get("x-frame-options").is_none(),
+        "frame-ancestors decides, not X-Frame-Options"
+    );
+    let evil = http
+        .get(d.t.url(&frame))
+        .header("referer", "https://evil.example/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(evil.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        http.get(d.t.url("/widget/frame?site=site_unknown"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let loader = http.get(d.t.url("/widget.js")).send().await.unwrap();
+    assert_eq!(
+        loader.headers()["cross-origin-resource-policy"],
+        "cross-origin"
+    );
+    let size = loader.bytes().await.unwrap().len();
+    assert!(size < 10 * 1024, "the loader is small: {size} bytes");
+    // Every other page still refuses to be framed.
+    let admin = http.get(d.t.url("/admin")).send().await.unwrap();
+    assert_eq!(admin.headers()["x-frame-options"], "DENY");
+    d.t.stop().await;
+}

@@ -100,6 +100,7 @@ impl TestApp {
                 None,
                 &format!("admin@{}.test", name.to_lowercase().replace(' ', "")),
                 Some("Ada Admin"),
+                &[],
             )
             .await
             .unwrap()

@@ -31,8 +31,9 @@ export async function startParley() {
   return {
     base,
     dir,
-    createTenant(name, adminEmail) {
-      const out = execFileSync(BIN, ['tenant', 'create', '--name', name, '--admin-email', adminEmail, '--json'], {
+    createTenant(name, adminEmail, allowedOrigins = []) {
+      const origins = allowedOrigins.flatMap((o) => ['--allowed-origin', o]);
+      const out = execFileSync(BIN, ['tenant', 'create', '--name', name, '--admin-email', adminEmail, '--json', ...origins], {
         env: { ...env, PARLEY_LOG: 'warn' },
       });
       return JSON.parse(out.toString());
@@ -77,4 +78,42 @@ export async function screenshot(page, name) {
   if (!dir) return;
   mkdirSync(dir, { recursive: true });
   await page.screenshot({ path: join(dir, `${name}.png`), fullPage: true });
+}
+
+// A customer's website on another origin (localhost rather than 127.0.0.1) embedding the widget.
+// The site key is set once the tenant exists (the tenant needs the site's origin first).
+export async function startCustomerSite(parleyBase) {
+  const { createServer } = await import('node:http');
+  let siteKey = '';
+  const server = createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+    res.end(`<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Acme Shop</title></head>
+<body><h1>Acme Shop</h1><p>Welcome to our shop.</p>
+<script src="${parleyBase}/widget.js" data-site="${siteKey}" async></script></body></html>`);
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://localhost:${server.address().port}`,
+    setSiteKey(key) { siteKey = key; },
+    stop: () => new Promise((r) => server.close(r)),
+  };
+}
+
+// Sign a user in through the API (no browser) and return a small authenticated client.
+export async function apiClient(base, workspace, email, password) {
+  const r = await fetch(`${base}/api/auth/sign-in`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ workspace, email, password }),
+  });
+  if (!r.ok) throw new Error(`sign-in failed: ${r.status} ${await r.text()}`);
+  const cookie = r.headers.get('set-cookie').split(';')[0];
+  const { csrf_token: csrf } = await r.json();
+  return async (method, path, body) => {
+    const res = await fetch(`${base}/api${path}`, {
+      method, headers: { cookie, 'x-csrf-token': csrf, 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const data = res.status === 204 ? null : await res.json();
+    if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(data)}`);
+    return data;
+  };
 }

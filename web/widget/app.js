@@ -12,7 +12,7 @@ const storeKey = 'parley.visitor.' + site;
 const parentOrigin = (location.ancestorOrigins && location.ancestorOrigins[0]) ||
   (document.referrer ? new URL(document.referrer).origin : null);
 
-let token = localStorage.getItem(storeKey);
+let token = null;
 let session = null;
 let conv = null;
 let lastSeq = 0;
@@ -48,7 +48,34 @@ function header(title) {
   return el('header', {}, headerTitle, el('button', { type: 'button', onclick: () => toParent({ type: 'parley:close' }), 'aria-label': 'Close chat' }, 'Close'));
 }
 
+// Storage in a third-party iframe may be partitioned or refused: keep the token in our own
+// storage when allowed, and in the embedding site's storage (through the loader) as well.
+function ownStorage(action, value) {
+  try {
+    if (action === 'get') return localStorage.getItem(storeKey);
+    localStorage.setItem(storeKey, value);
+  } catch (e) {
+    return null;
+  }
+  return null;
+}
+
+function tokenFromParent() {
+  if (!parentOrigin || window.parent === window) return Promise.resolve(null);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(null), 1000);
+    window.addEventListener('message', function once(event) {
+      if (event.source !== window.parent || event.origin !== parentOrigin || event.data?.type !== 'parley:token') return;
+      window.removeEventListener('message', once);
+      clearTimeout(timer);
+      resolve(typeof event.data.token === 'string' ? event.data.token : null);
+    });
+    window.parent.postMessage({ type: 'parley:token?' }, parentOrigin);
+  });
+}
+
 async function boot() {
+  token = ownStorage('get') || await tokenFromParent();
   try {
     session = await call('POST', '/session', { site_key: site, visitor_token: token || undefined });
   } catch (err) {
@@ -57,7 +84,8 @@ async function boot() {
     return;
   }
   token = session.visitor_token;
-  localStorage.setItem(storeKey, token);
+  ownStorage('set', token);
+  toParent({ type: 'parley:store', token });
   if (session.conversation && session.conversation.status !== 'ended') chat(session.conversation);
   else startForm();
 }

@@ -48,12 +48,23 @@
   }
   button.addEventListener('click', function () { setOpen(!open); });
 
+  // The visitor's token is kept in this site's own storage: browsers partition or block storage
+  // in third-party iframes, so the widget asks for it and hands updates back by postMessage.
+  var storeKey = 'parley.visitor.' + site;
+  function stored() {
+    try { return window.localStorage.getItem(storeKey); } catch (e) { return null; }
+  }
+
   window.addEventListener('message', function (event) {
     // Only our own iframe, from Parley's origin.
     if (event.origin !== origin || event.source !== frame.contentWindow) return;
     var data = event.data || {};
     if (data.type === 'parley:close') setOpen(false);
     if (data.type === 'parley:open') setOpen(true);
+    if (data.type === 'parley:token?') frame.contentWindow.postMessage({ type: 'parley:token', token: stored() }, origin);
+    if (data.type === 'parley:store' && typeof data.token === 'string' && data.token.length <= 128) {
+      try { window.localStorage.setItem(storeKey, data.token); } catch (e) { /* storage off: this visit only */ }
+    }
   });
 
   function mount() {

@@ -25,7 +25,7 @@ pub use directory::{
 pub use error::AppError;
 pub use hub::{Frame, Hub, Subscriber, Topic};
 pub use keys::KeyService;
-pub use operator::{ChainReport, TenantCreated};
+pub use operator::{ChainReport, DemoTenant, TenantCreated};
 pub use throttle::Throttle;
 pub use tickets::{TICKET_TTL_MS, Ticket, TicketSubject};
 

@@ -280,3 +280,110 @@ impl App {
         })
     }
 }
+
+/// What `parley serve --demo` prints.
+#[derive(Debug, Serialize)]
+pub struct DemoTenant {
+    pub slug: String,
+    pub site_key: String,
+    /// Set only when the demo tenant was created now (one-time passwords are shown once).
+    pub admin: Option<(String, String)>,
+    pub agent: Option<(String, String)>,
+}
+
+impl App {
+    /// Create (once) a demo tenant with a site administrator, a "Support" department and an agent,
+    /// and make sure `site_origin` may embed its widget. Operator only.
+    pub async fn ensure_demo(&self, site_origin: &str) -> Result<DemoTenant, AppError> {
+        let origin = parley_core::values::AllowedOrigin::parse(site_origin)?
+            .as_str()
+            .to_owned();
+        if let Some(t) = self.store.tenant_by_slug("demo").await? {
+            if !t.allowed_origins.contains(&origin) {
+                let mut origins = t.allowed_origins.clone();
+                origins.push(origin.clone());
+                let ev = self.audit_event(
+                    t.id,
+                    AuditActor::Operator,
+                    "site.updated",
+                    Some(t.id.to_string()),
+                    None,
+                    json!({ "changed": ["allowed_origins"], "allowed_origins": origins }),
+                );
+                self.store
+                    .update_tenant(t.id, None, Some(origins), &ev)
+                    .await?;
+            }
+            return Ok(DemoTenant {
+                slug: t.slug,
+                site_key: t.site_key,
+                admin: None,
+                agent: None,
+            });
+        }
+        let created = self
+            .create_tenant(
+                "Demo Shop",
+                Some("demo"),
+                "admin@demo.test",
+                Some("Ada Admin"),
+                &[origin],
+            )
+            .await?;
+        let tenant = created.tenant_id;
+        let dept = parley_core::store::DepartmentRecord {
+            id: parley_core::DepartmentId::from_uuid(self.new_id()),
+            tenant,
+            name: "Support".into(),
+            created_at: self.now(),
+        };
+        let ev = self.audit_event(
+            tenant,
+            AuditActor::Operator,
+            "department.created",
+            Some(dept.id.to_string()),
+            None,
+            json!({ "name": dept.name }),
+        );
+        self.store.create_department(tenant, &dept, &ev).await?;
+        let cipher = self.keys.cipher(self.store.as_ref(), tenant).await?;
+        let password = one_time_password();
+        let plain = password.clone();
+        let hash = tokio::task::spawn_blocking(move || parley_crypto::hash_password(&plain))
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))??;
+        let now = self.now();
+        let id = UserId::from_uuid(self.new_id());
+        let email = "agent@demo.test";
+        let agent = UserRecord {
+            id,
+            tenant,
+            email_ct: cipher.seal(&email_context(id), email.as_bytes()),
+            email_index: cipher.blind_index("email", email),
+            display_name_ct: cipher.seal(&name_context(id), b"Dana Demo"),
+            role: Role::Agent,
+            capacity: 3,
+            password_hash: hash,
+            must_change_password: true,
+            disabled: false,
+            departments: vec![dept.id],
+            created_at: now,
+            updated_at: now,
+        };
+        let ev = self.audit_event(
+            tenant,
+            AuditActor::Operator,
+            "user.created",
+            Some(id.to_string()),
+            None,
+            json!({ "role": Role::Agent, "department_ids": [dept.id] }),
+        );
+        self.store.create_user(tenant, &agent, &ev).await?;
+        Ok(DemoTenant {
+            slug: created.slug,
+            site_key: created.site_key,
+            admin: Some((created.admin_email, created.one_time_password)),
+            agent: Some((email.to_owned(), password)),
+        })
+    }
+}

@@ -28,6 +28,13 @@ enum Command {
         /// The origin users reach Parley at, e.g. https://chat.example.com.
         #[arg(long, env = "PARLEY_PUBLIC_URL")]
         public_url: Option<String>,
+        /// Create a demo tenant (site administrator, agent, department) on first run and serve a
+        /// sample customer page that embeds the widget, on http://localhost:PORT+1.
+        #[arg(long)]
+        demo: bool,
+        /// Port of the demo customer page [default: the listen port + 1].
+        #[arg(long, requires = "demo")]
+        demo_site_port: Option<u16>,
     },
     /// Apply database migrations and exit.
     Migrate,
@@ -113,7 +120,9 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     let (listen, public_url) = match &cli.command {
-        Command::Serve { listen, public_url } => (listen.clone(), public_url.clone()),
+        Command::Serve {
+            listen, public_url, ..
+        } => (listen.clone(), public_url.clone()),
         _ => (None, None),
     };
     let config = Config::load(&cli.overrides, listen, public_url).map_err(|e| e.to_string())?;
@@ -123,7 +132,11 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         .await
         .map_err(|e| e.to_string())?;
     let result = match cli.command {
-        Command::Serve { .. } => serve(&config, app).await,
+        Command::Serve {
+            demo,
+            demo_site_port,
+            ..
+        } => serve(&config, app, demo.then_some(demo_site_port)).await,
         Command::Migrate => {
             println!("database is at the latest schema version");
             Ok(ExitCode::SUCCESS)
@@ -257,7 +270,11 @@ fn progress(label: &str, done: usize, total: usize) {
     let _ = err.flush();
 }
 
-async fn serve(config: &Config, app: parley_app::App) -> Result<ExitCode, String> {
+async fn serve(
+    config: &Config,
+    app: parley_app::App,
+    demo: Option<Option<u16>>,
+) -> Result<ExitCode, String> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| {
@@ -279,6 +296,14 @@ async fn serve(config: &Config, app: parley_app::App) -> Result<ExitCode, String
         database = app.store.backend(),
         "Parley is listening on {base} (admin: {base}/admin, console: {base}/console)"
     );
+    if let Some(site_port) = demo {
+        start_demo(
+            &app,
+            &base,
+            site_port.unwrap_or(addr.port().saturating_add(1)),
+        )
+        .await?;
+    }
     let timers = startup::spawn_timers(app.clone());
     let state = AppState::new(app, settings);
     http::serve(listener, state, shutdown_signal())
@@ -305,4 +330,59 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// `serve --demo`: the demo tenant and a customer page on another origin that embeds the widget.
+async fn start_demo(app: &parley_app::App, base: &str, site_port: u16) -> Result<(), String> {
+    let site = format!("http://localhost:{site_port}");
+    let demo = app
+        .ensure_demo(&site)
+        .await
+        .map_err(|e| format!("demo setup failed: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", site_port))
+        .await
+        .map_err(|e| {
+            format!("cannot serve the demo page on port {site_port}: {e} (pass --demo-site-port)")
+        })?;
+    let page = parley_server::http::demo_page(base, &demo.site_key);
+    tokio::spawn(async move {
+        let router = axum::Router::new().route(
+            "/",
+            axum::routing::get(move || async move { axum::response::Html(page) }),
+        );
+        let _ = axum::serve(listener, router).await;
+    });
+    println!();
+    println!("  Parley demo");
+    println!("  -----------");
+    println!("  Customer site (embeds the widget):  {site}/");
+    match (&demo.agent, &demo.admin) {
+        (Some((agent, agent_pw)), Some((admin, admin_pw))) => {
+            println!(
+                "  Agent console:   {base}/console   workspace {}   {agent}   one-time password {agent_pw}",
+                demo.slug
+            );
+            println!(
+                "  Admin panel:     {base}/admin     workspace {}   {admin}   one-time password {admin_pw}",
+                demo.slug
+            );
+            println!("  The passwords are shown once; each must be changed at first sign-in.");
+        }
+        _ => {
+            println!(
+                "  Agent console:   {base}/console   workspace {}   agent@demo.test",
+                demo.slug
+            );
+            println!(
+                "  Admin panel:     {base}/admin     workspace {}   admin@demo.test",
+                demo.slug
+            );
+            println!("  (The demo tenant exists already: use the passwords you set.)");
+        }
+    }
+    println!(
+        "  Sign in as the agent, go Online, then open the customer site in another window and chat."
+    );
+    println!();
+    Ok(())
 }

@@ -9,6 +9,7 @@ mod web;
 pub mod ws;
 
 pub use error::ApiError;
+pub use web::demo_page;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

@@ -158,3 +158,16 @@ pub async fn not_found() -> Response {
     )
         .into_response()
 }
+
+/// The demo customer page: a shop on another origin with the one-line embed.
+pub fn demo_page(parley_base: &str, site_key: &str) -> String {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('"', "&quot;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    web_file!("widget/demo.html")
+        .replace("{{PARLEY}}", &escape(parley_base))
+        .replace("{{SITE_KEY}}", &escape(site_key))
+}

@@ -173,3 +173,77 @@ async fn verbs_other_than_serve_need_an_existing_installation() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
     assert!(!dir.path().join("missing").exists(), "nothing created");
 }
+
+#[tokio::test]
+async fn serve_demo_sets_up_a_tenant_and_a_customer_page() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, site_port) = (free(), free());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
+        .args([
+            "serve",
+            "--demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--demo-site-port",
+            &site_port.to_string(),
+        ])
+        .env("PARLEY_DATA_DIR", dir.path())
+        .env_remove("PARLEY_DATABASE_URL")
+        .env_remove("PARLEY_MASTER_KEY_FILE")
+        .env("PARLEY_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut out = vec![];
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("Sign in as the agent");
+            out.push(line);
+            if done {
+                break;
+            }
+        }
+        out
+    })
+    .await
+    .unwrap();
+    let text = lines.join("\n");
+    assert!(
+        text.contains("agent@demo.test") && text.contains("one-time password"),
+        "{text}"
+    );
+    let page = reqwest::get(format!("http://127.0.0.1:{site_port}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!("http://127.0.0.1:{port}/widget.js"))
+            && page.contains("data-site=\"site_")
+    );
+    let otp = text
+        .lines()
+        .find(|l| l.contains("agent@demo.test"))
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let c = Client::new(format!("http://127.0.0.1:{port}"));
+    c.first_sign_in("demo", "agent@demo.test", &otp).await;
+    let s = c.get("/api/auth/session").await;
+    assert_eq!(s.body["departments"][0]["name"], "Support");
+    child.kill().unwrap();
+    let _ = child.wait();
+}

@@ -332,6 +332,7 @@ impl App {
             .await
             .map_err(AppError::from)
             .map_err(conflict_to_domain)?;
+        crate::fault::point("after_commit");
         if !appended.duplicate {
             let names = self.agent_names(&cipher, tenant).await?;
             let record = EventRecord {
@@ -349,6 +350,7 @@ impl App {
                 view.body = None; // the note stays in the store for agents who open the chat
             }
             self.publish_event(tenant, &view);
+            crate::fault::point("after_publish");
         }
         Ok(appended)
     }

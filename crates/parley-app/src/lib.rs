@@ -8,6 +8,7 @@ mod auth;
 mod chat;
 mod directory;
 mod error;
+pub mod fault;
 mod hub;
 mod keys;
 mod operator;

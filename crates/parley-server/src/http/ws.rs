@@ -255,10 +255,14 @@ async fn run(app: App, mut socket: WebSocket) {
                     continue;
                 }
                 let reply = handle(&app, &who, &sub, &raw).await;
+                let is_ack = reply.as_ref().is_some_and(|m| matches!(m, Message::Text(t) if t.contains("\"type\":\"ack\"")));
                 if let Some(reply) = reply
                     && socket.send(reply).await.is_err()
                 {
                     break;
+                }
+                if is_ack {
+                    parley_app::fault::point("after_ack");
                 }
             }
             outgoing = rx.recv() => {

@@ -256,6 +256,14 @@ impl Ws {
         Ok(Ws { stream })
     }
 
+    pub fn from_stream(
+        stream: tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> Ws {
+        Ws { stream }
+    }
+
     /// Connect and say hello with `ticket`; waits for `ready`.
     pub async fn open(t: &TestApp, ticket: &str) -> Ws {
         let mut ws = Ws::connect_raw(t, Some(&t.url(""))).await.unwrap();

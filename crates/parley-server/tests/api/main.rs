@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod chat;
 mod cli;
+mod crash;
 mod directory;
 mod isolation;
 mod roles;

@@ -151,10 +151,11 @@ async fn connect_both(
         .json()
         .await
         .ok()?;
+    let csrf = agent.csrf.lock().unwrap().clone()?;
     let at = agent
         .http
         .post(format!("{}/api/console/ticket", node.base))
-        .header("x-csrf-token", agent.csrf.lock().unwrap().clone()?)
+        .header("x-csrf-token", csrf)
         .send()
         .await
         .ok()?;

@@ -128,7 +128,7 @@ async function connect() {
     } else if (f.type === 'event') {
       if (current && f.conversation_id === current.id) apply(f);
       else if (f.kind === 'message' && f.author === 'visitor') { unread.add(f.conversation_id); scheduleRefresh(); }
-      if (['assigned', 'ended', 'transferred', 'requeued'].includes(f.kind)) scheduleRefresh();
+      if (['assigned', 'ended', 'transferred', 'requeued', 'connection'].includes(f.kind)) scheduleRefresh();
     } else if (f.type === 'ack' && current) {
       const p = current.pending.get(f.client_msg_id);
       if (p) p.querySelector('.meta').textContent = 'Sent';
@@ -173,6 +173,9 @@ function apply(e) {
   } else if (e.kind === 'transferred') {
     log.append(el('div', { class: 'system' }, `Transferred to ${e.data?.agent_name ?? deptName(e.data?.department_id)}`));
     if (e.body) log.append(el('div', { class: 'note' }, `Note: ${e.body}`));
+  } else if (e.kind === 'connection') {
+    const text = { weak: 'The visitor’s connection is weak', lost: 'The visitor’s connection was lost', restored: 'The visitor is back' };
+    log.append(el('div', { class: 'system' }, text[e.data?.state] ?? 'Connection changed'));
   } else if (e.kind === 'requeued') {
     log.append(el('div', { class: 'system' }, 'Back in the queue'));
   } else if (e.kind === 'ended') {

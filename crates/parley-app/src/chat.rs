@@ -8,6 +8,7 @@ use crate::auth::Session;
 use crate::hub::{Frame, Topic};
 use crate::{App, AppError};
 use parley_core::audit::AuditActor;
+use parley_core::conversation::VisitorConnection;
 use parley_core::conversation::{
     AgentStatus, Author, ClientMsgId, ConversationStatus, EventKind, MessageBody,
 };
@@ -517,6 +518,8 @@ impl App {
             created_at: now,
             queued_at: now,
             ended_at: None,
+            visitor_state: VisitorConnection::Connected,
+            visitor_seen_at: now,
         };
         let started = NewEvent {
             kind: EventKind::Started,
@@ -1371,6 +1374,103 @@ impl App {
             }
         }
         Ok(n)
+    }
+}
+
+impl App {
+    /// The visitor of `conv` was heard from (a heartbeat or any frame). A weak or lost visitor
+    /// coming back is an event the agent sees.
+    pub async fn visitor_alive(&self, v: Visitor, conv: ConversationId) -> Result<(), AppError> {
+        // Only the visitor's own conversation: checked before anything is written.
+        let c = self
+            .conversation_for(ChatActor::Visitor(v), conv, false)
+            .await?;
+        let Some(before) = self.store.touch_visitor(v.tenant, conv, self.now()).await? else {
+            return Ok(());
+        };
+        if before == VisitorConnection::Connected {
+            return Ok(());
+        }
+        let e = NewEvent {
+            kind: EventKind::Connection,
+            author: Author::System.to_stored(),
+            client_msg_id: None,
+            data: json!({ "state": "restored" }).to_string(),
+            at: self.now(),
+        };
+        match self
+            .append_and_publish(
+                c.tenant,
+                conv,
+                e,
+                None,
+                Transition::VisitorState {
+                    from: before,
+                    to: VisitorConnection::Connected,
+                },
+            )
+            .await
+        {
+            Ok(_) | Err(AppError::Conflict("state_changed")) => Ok(()),
+            Err(AppError::Invalid(d)) if d.code == "conversation_ended" => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Move silent visitors to weak, then lost, and end the chats of those gone past the tenant's
+    /// timeout. Run by every node's timer; the conditional state change lets one node win.
+    pub async fn check_connections(&self) -> Result<usize, AppError> {
+        let now = self.now();
+        let mut changed = 0;
+        for s in self.store.silent_visitors(now).await? {
+            let target = s.periods.state_at(s.seen_at, now);
+            let (event, transition) = match target {
+                None => (
+                    json!({ "by": "system", "reason": "visitor_timeout" }),
+                    Transition::End,
+                ),
+                Some(to) if to != s.state && to != VisitorConnection::Connected => (
+                    json!({ "state": to.as_str() }),
+                    Transition::VisitorState { from: s.state, to },
+                ),
+                _ => continue,
+            };
+            let kind = if matches!(transition, Transition::End) {
+                EventKind::Ended
+            } else {
+                EventKind::Connection
+            };
+            let e = NewEvent {
+                kind,
+                author: Author::System.to_stored(),
+                client_msg_id: None,
+                data: event.to_string(),
+                at: now,
+            };
+            let c = self.store.conversation(s.tenant, s.conversation).await?;
+            match self
+                .append_and_publish(s.tenant, s.conversation, e, None, transition)
+                .await
+            {
+                Ok(_) => {
+                    changed += 1;
+                    if let Some(c) = c.filter(|_| target.is_none()) {
+                        if let Some(agent) = c.agent {
+                            self.hub.publish(
+                                Topic::Agent(c.tenant, agent),
+                                frame(&json!({ "type": "chat_closed", "conversation_id": c.id })),
+                            );
+                        }
+                        self.route_department(c.tenant, c.department).await?;
+                        self.publish_queue(c.tenant, c.department).await?;
+                    }
+                }
+                Err(AppError::Conflict("state_changed")) => {}
+                Err(AppError::Invalid(d)) if d.code == "conversation_ended" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(changed)
     }
 }
 

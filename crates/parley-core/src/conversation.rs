@@ -48,6 +48,8 @@ pub enum EventKind {
     Requeued,
     /// The chat ended.
     Ended,
+    /// The visitor's connection became weak, was lost, or was restored (`data.state`).
+    Connection,
 }
 
 impl EventKind {
@@ -59,19 +61,22 @@ impl EventKind {
             EventKind::Transferred => "transferred",
             EventKind::Requeued => "requeued",
             EventKind::Ended => "ended",
+            EventKind::Connection => "connection",
         }
     }
+    /// Every kind; `parse` and the tests go through this list, so a new kind cannot be forgotten.
+    pub const ALL: [EventKind; 7] = [
+        Self::Started,
+        Self::Assigned,
+        Self::Message,
+        Self::Transferred,
+        Self::Requeued,
+        Self::Ended,
+        Self::Connection,
+    ];
+
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Started,
-            Self::Assigned,
-            Self::Message,
-            Self::Transferred,
-            Self::Requeued,
-            Self::Ended,
-        ]
-        .into_iter()
-        .find(|x| x.as_str() == s)
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
     }
 }
 
@@ -169,6 +174,81 @@ impl ClientMsgId {
     }
 }
 
+/// How the visitor's connection looks from the server: heartbeats arrive, have stopped for a
+/// while (weak), or for longer (lost). A lost visitor who stays away past the tenant's timeout
+/// has their chat ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VisitorConnection {
+    Connected,
+    Weak,
+    Lost,
+}
+
+impl VisitorConnection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VisitorConnection::Connected => "connected",
+            VisitorConnection::Weak => "weak",
+            VisitorConnection::Lost => "lost",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Connected, Self::Weak, Self::Lost]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
+}
+
+/// A tenant's connection periods, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionPeriods {
+    pub weak_after_ms: i64,
+    pub lost_after_ms: i64,
+    pub timeout_ms: i64,
+}
+
+impl ConnectionPeriods {
+    /// What a visitor silent since `seen` should be at `now`: `None` means their chat should end.
+    pub fn state_at(
+        &self,
+        seen: crate::Timestamp,
+        now: crate::Timestamp,
+    ) -> Option<VisitorConnection> {
+        let silent = now.0 - seen.0;
+        if silent >= self.lost_after_ms + self.timeout_ms {
+            None
+        } else if silent >= self.lost_after_ms {
+            Some(VisitorConnection::Lost)
+        } else if silent >= self.weak_after_ms {
+            Some(VisitorConnection::Weak)
+        } else {
+            Some(VisitorConnection::Connected)
+        }
+    }
+
+    /// Periods must be positive and in order (weak before lost), and at most a day each.
+    pub fn validate(&self) -> Result<(), DomainError> {
+        let day = 24 * 3600 * 1000;
+        let ok = |v: i64| (1000..=day).contains(&v);
+        if !ok(self.weak_after_ms) || !ok(self.lost_after_ms) || !ok(self.timeout_ms) {
+            return Err(DomainError::new(
+                "connection_periods",
+                "out_of_range",
+                "each period must be between 1 second and 1 day",
+            ));
+        }
+        if self.lost_after_ms <= self.weak_after_ms {
+            return Err(DomainError::new(
+                "connection_periods",
+                "out_of_order",
+                "lost must come after weak",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// An agent's availability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -200,6 +280,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn connection_states_follow_the_periods() {
+        let p = ConnectionPeriods {
+            weak_after_ms: 30_000,
+            lost_after_ms: 90_000,
+            timeout_ms: 600_000,
+        };
+        let t = |ms| crate::Timestamp(ms);
+        assert_eq!(
+            p.state_at(t(0), t(29_999)),
+            Some(VisitorConnection::Connected)
+        );
+        assert_eq!(p.state_at(t(0), t(30_000)), Some(VisitorConnection::Weak));
+        assert_eq!(p.state_at(t(0), t(90_000)), Some(VisitorConnection::Lost));
+        assert_eq!(p.state_at(t(0), t(690_000)), None);
+        assert!(p.validate().is_ok());
+        assert!(
+            ConnectionPeriods {
+                lost_after_ms: 30_000,
+                ..p
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            ConnectionPeriods {
+                timeout_ms: 10,
+                ..p
+            }
+            .validate()
+            .is_err()
+        );
+    }
+
+    #[test]
     fn bodies() {
         assert_eq!(
             MessageBody::parse("  hi\n there ").unwrap().as_str(),
@@ -226,15 +340,13 @@ mod tests {
         for bad in ["", "a b", "é", &"x".repeat(65)] {
             assert!(ClientMsgId::parse(bad).is_err());
         }
-        for k in [
-            "started",
-            "assigned",
-            "message",
-            "transferred",
-            "requeued",
-            "ended",
-        ] {
-            assert_eq!(EventKind::parse(k).unwrap().as_str(), k);
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+            // The stored name is also the protocol's (serde) name.
+            assert_eq!(
+                serde_json::to_value(k).unwrap(),
+                serde_json::json!(k.as_str())
+            );
         }
         let a = Author::Agent(UserId::from_uuid(uuid::Uuid::from_u128(7)));
         assert_eq!(Author::parse(&a.to_stored()), Some(a));

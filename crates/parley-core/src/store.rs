@@ -232,7 +232,9 @@ pub trait Store: ChatStore + Send + Sync + 'static {
 // ---------------------------------------------------------------------------------------------
 // Chat: visitors, conversations, events, presence, routing, offline messages.
 
-use crate::conversation::{AgentStatus, ConversationStatus, EventKind};
+use crate::conversation::{
+    AgentStatus, ConnectionPeriods, ConversationStatus, EventKind, VisitorConnection,
+};
 use crate::routing::Candidate;
 use crate::{ConversationId, OfflineMessageId, VisitorId};
 
@@ -274,6 +276,18 @@ pub struct ConversationRecord {
     pub created_at: Timestamp,
     pub queued_at: Timestamp,
     pub ended_at: Option<Timestamp>,
+    pub visitor_state: VisitorConnection,
+    pub visitor_seen_at: Timestamp,
+}
+
+/// An open conversation whose visitor has been silent past the tenant's weak period.
+#[derive(Debug, Clone)]
+pub struct SilentVisitor {
+    pub tenant: TenantId,
+    pub conversation: ConversationId,
+    pub state: VisitorConnection,
+    pub seen_at: Timestamp,
+    pub periods: ConnectionPeriods,
 }
 
 /// An event to append. The store allocates its sequence number inside the transaction.
@@ -351,6 +365,12 @@ pub enum Transition {
     },
     /// Over; the agent's count goes down.
     End,
+    /// The visitor's connection state moves `from` → `to` (refused if it is no longer `from`, so
+    /// nodes racing on one timer write it once). Going back to connected also stamps the time.
+    VisitorState {
+        from: VisitorConnection,
+        to: VisitorConnection,
+    },
 }
 
 #[async_trait::async_trait]
@@ -456,6 +476,23 @@ pub trait ChatStore: Send + Sync {
         user: UserId,
         status: AgentStatus,
         now: Timestamp,
+    ) -> StoreResult<()>;
+
+    /// Record that the visitor of an open conversation was heard from; returns their state before.
+    async fn touch_visitor(
+        &self,
+        tenant: TenantId,
+        conversation: ConversationId,
+        now: Timestamp,
+    ) -> StoreResult<Option<VisitorConnection>>;
+    /// Open conversations, in every tenant, whose visitor is silent past the tenant's weak period.
+    async fn silent_visitors(&self, now: Timestamp) -> StoreResult<Vec<SilentVisitor>>;
+    async fn connection_periods(&self, tenant: TenantId) -> StoreResult<ConnectionPeriods>;
+    async fn set_connection_periods(
+        &self,
+        tenant: TenantId,
+        periods: &ConnectionPeriods,
+        audit: &AuditEvent,
     ) -> StoreResult<()>;
     async fn presence(&self, tenant: TenantId) -> StoreResult<Vec<PresenceRecord>>;
     /// Online agents of a department with their capacity and load.

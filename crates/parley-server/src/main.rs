@@ -332,6 +332,14 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+/// Print to stdout, ignoring a closed stdout: a server must not die because nobody reads its banner.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// `serve --demo`: the demo tenant and a customer page on another origin that embeds the widget.
 async fn start_demo(app: &parley_app::App, base: &str, site_port: u16) -> Result<(), String> {
     let site = format!("http://localhost:{site_port}");
@@ -352,37 +360,37 @@ async fn start_demo(app: &parley_app::App, base: &str, site_port: u16) -> Result
         );
         let _ = axum::serve(listener, router).await;
     });
-    println!();
-    println!("  Parley demo");
-    println!("  -----------");
-    println!("  Customer site (embeds the widget):  {site}/");
+    say!();
+    say!("  Parley demo");
+    say!("  -----------");
+    say!("  Customer site (embeds the widget):  {site}/");
     match (&demo.agent, &demo.admin) {
         (Some((agent, agent_pw)), Some((admin, admin_pw))) => {
-            println!(
+            say!(
                 "  Agent console:   {base}/console   workspace {}   {agent}   one-time password {agent_pw}",
                 demo.slug
             );
-            println!(
+            say!(
                 "  Admin panel:     {base}/admin     workspace {}   {admin}   one-time password {admin_pw}",
                 demo.slug
             );
-            println!("  The passwords are shown once; each must be changed at first sign-in.");
+            say!("  The passwords are shown once; each must be changed at first sign-in.");
         }
         _ => {
-            println!(
+            say!(
                 "  Agent console:   {base}/console   workspace {}   agent@demo.test",
                 demo.slug
             );
-            println!(
+            say!(
                 "  Admin panel:     {base}/admin     workspace {}   admin@demo.test",
                 demo.slug
             );
-            println!("  (The demo tenant exists already: use the passwords you set.)");
+            say!("  (The demo tenant exists already: use the passwords you set.)");
         }
     }
-    println!(
+    say!(
         "  Sign in as the agent, go Online, then open the customer site in another window and chat."
     );
-    println!();
+    say!();
     Ok(())
 }

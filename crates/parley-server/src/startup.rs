@@ -68,7 +68,8 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), StartupError> {
     })
 }
 
-/// Background work every node does: withdraw lapsed offers and route those chats on. Runs until
+/// Background work every node does: withdraw lapsed offers and route those chats on; mark silent
+/// visitors weak, then lost, and end the chats of those who do not come back. Runs until
 /// the returned handle is aborted or the runtime stops.
 pub fn spawn_timers(app: App) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -78,6 +79,9 @@ pub fn spawn_timers(app: App) -> tokio::task::JoinHandle<()> {
             tick.tick().await;
             if let Err(e) = app.expire_offers().await {
                 tracing::warn!(error = %e, "offer timer failed; will retry");
+            }
+            if let Err(e) = app.check_connections().await {
+                tracing::warn!(error = %e, "connection timer failed; will retry");
             }
         }
     })

@@ -5,19 +5,21 @@
 use crate::SqlStore;
 use crate::sql::{Tx, append_audit_tx, corrupt, db, db_write, flag, id};
 use parley_core::audit::AuditEvent;
-use parley_core::conversation::{AgentStatus, ConversationStatus, EventKind};
+use parley_core::conversation::{
+    AgentStatus, ConnectionPeriods, ConversationStatus, EventKind, VisitorConnection,
+};
 use parley_core::routing::Candidate;
 use parley_core::store::{
     Appended, ChatStore, ConversationRecord, DepartmentRouting, EventRecord, NewEvent,
-    OfflineMessageRecord, PresenceRecord, Sealer, StoreError, StoreResult, Transition,
-    VisitorRecord,
+    OfflineMessageRecord, PresenceRecord, Sealer, SilentVisitor, StoreError, StoreResult,
+    Transition, VisitorRecord,
 };
 use parley_core::{ConversationId, DepartmentId, OfflineMessageId, TenantId, Timestamp, UserId};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 const CONVERSATION_COLUMNS: &str = "tenant_id, id, visitor_id, department_id, status, agent_id, offered_to, \
-     offer_expires_at, declined_by, prechat_ct, last_seq, created_at, queued_at, ended_at";
+     offer_expires_at, declined_by, prechat_ct, last_seq, created_at, queued_at, ended_at, visitor_state, visitor_seen_at";
 
 fn opt_id<T: std::str::FromStr>(r: &AnyRow, col: &str) -> StoreResult<Option<T>> {
     let s: Option<String> = r.try_get(col).map_err(db)?;
@@ -58,6 +60,11 @@ fn conversation_row(r: &AnyRow) -> StoreResult<ConversationRecord> {
             .try_get::<Option<i64>, _>("ended_at")
             .map_err(db)?
             .map(Timestamp),
+        visitor_state: VisitorConnection::parse(
+            &r.try_get::<String, _>("visitor_state").map_err(db)?,
+        )
+        .ok_or_else(|| corrupt("visitor_state"))?,
+        visitor_seen_at: Timestamp(r.try_get("visitor_seen_at").map_err(db)?),
     })
 }
 
@@ -162,7 +169,7 @@ impl ChatStore for SqlStore {
     }
 
     async fn visitor_by_token(&self, token_hash: &[u8]) -> StoreResult<Option<VisitorRecord>> {
-        let row = sqlx::query("SELECT * FROM visitors WHERE token_hash = $1")
+        let row = sqlx::query("SELECT tenant_id, id, token_hash, created_at, last_seen_at FROM visitors WHERE token_hash = $1")
             .bind(token_hash.to_vec())
             .fetch_optional(&self.pool)
             .await
@@ -231,7 +238,7 @@ impl ChatStore for SqlStore {
         }
         let mut tx = self.begin_write().await?;
         sqlx::query(&format!(
-            "INSERT INTO conversations ({CONVERSATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, NULL, NULL, NULL, $6, $7, 1, $8, $9, NULL)"
+            "INSERT INTO conversations ({CONVERSATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, NULL, NULL, NULL, $6, $7, 1, $8, $9, NULL, 'connected', $10)"
         ))
         .bind(tenant.to_string())
         .bind(c.id.to_string())
@@ -242,6 +249,7 @@ impl ChatStore for SqlStore {
         .bind(c.prechat_ct.clone())
         .bind(c.created_at.0)
         .bind(c.queued_at.0)
+        .bind(c.created_at.0)
         .execute(&mut *tx)
         .await
         .map_err(|e| db_write(e, "conversation"))?;
@@ -494,6 +502,24 @@ impl ChatStore for SqlStore {
                     .await
                     .map_err(db)?;
             }
+            Transition::VisitorState { from, to } => {
+                if conv.visitor_state != *from {
+                    return Err(StoreError::Conflict("state_changed"));
+                }
+                let seen = if *to == VisitorConnection::Connected {
+                    now.0
+                } else {
+                    conv.visitor_seen_at.0
+                };
+                set("UPDATE conversations SET visitor_state = $1, visitor_seen_at = $2 WHERE tenant_id = $3 AND id = $4")
+                    .bind(to.as_str())
+                    .bind(seen)
+                    .bind(tenant.to_string())
+                    .bind(cid.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            }
         }
         let body_ct = body.map(|seal| seal(seq));
         insert_event(&mut tx, tenant, cid, seq, event, body_ct).await?;
@@ -595,6 +621,101 @@ impl ChatStore for SqlStore {
             .iter()
             .map(|r| Ok((id(r, "tenant_id")?, id(r, "id")?, id(r, "offered_to")?)))
             .collect()
+    }
+
+    async fn touch_visitor(
+        &self,
+        tenant: TenantId,
+        cid: ConversationId,
+        now: Timestamp,
+    ) -> StoreResult<Option<VisitorConnection>> {
+        // Read the state before, then stamp; a state change back to connected is an event,
+        // appended by the caller with `Transition::VisitorState`.
+        let before = sqlx::query("SELECT visitor_state FROM conversations WHERE tenant_id = $1 AND id = $2 AND status <> 'ended'")
+            .bind(tenant.to_string())
+            .bind(cid.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        let Some(before) = before else {
+            return Ok(None);
+        };
+        let state =
+            VisitorConnection::parse(&before.try_get::<String, _>("visitor_state").map_err(db)?)
+                .ok_or_else(|| corrupt("visitor_state"))?;
+        if state == VisitorConnection::Connected {
+            sqlx::query("UPDATE conversations SET visitor_seen_at = $1 WHERE tenant_id = $2 AND id = $3 AND visitor_state = 'connected'")
+                .bind(now.0)
+                .bind(tenant.to_string())
+                .bind(cid.to_string())
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+        }
+        Ok(Some(state))
+    }
+
+    async fn silent_visitors(&self, now: Timestamp) -> StoreResult<Vec<SilentVisitor>> {
+        sqlx::query(
+            "SELECT c.tenant_id, c.id, c.visitor_state, c.visitor_seen_at, t.visitor_weak_after_ms, t.visitor_lost_after_ms, \
+             t.visitor_timeout_ms FROM conversations c JOIN tenants t ON t.id = c.tenant_id \
+             WHERE c.status <> 'ended' AND c.visitor_seen_at + t.visitor_weak_after_ms <= $1",
+        )
+        .bind(now.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|r| {
+            Ok(SilentVisitor {
+                tenant: id(r, "tenant_id")?,
+                conversation: id(r, "id")?,
+                state: VisitorConnection::parse(&r.try_get::<String, _>("visitor_state").map_err(db)?).ok_or_else(|| corrupt("visitor_state"))?,
+                seen_at: Timestamp(r.try_get("visitor_seen_at").map_err(db)?),
+                periods: ConnectionPeriods {
+                    weak_after_ms: r.try_get("visitor_weak_after_ms").map_err(db)?,
+                    lost_after_ms: r.try_get("visitor_lost_after_ms").map_err(db)?,
+                    timeout_ms: r.try_get("visitor_timeout_ms").map_err(db)?,
+                },
+            })
+        })
+        .collect()
+    }
+
+    async fn connection_periods(&self, tenant: TenantId) -> StoreResult<ConnectionPeriods> {
+        let r = sqlx::query("SELECT visitor_weak_after_ms, visitor_lost_after_ms, visitor_timeout_ms FROM tenants WHERE id = $1")
+            .bind(tenant.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        Ok(ConnectionPeriods {
+            weak_after_ms: r.try_get("visitor_weak_after_ms").map_err(db)?,
+            lost_after_ms: r.try_get("visitor_lost_after_ms").map_err(db)?,
+            timeout_ms: r.try_get("visitor_timeout_ms").map_err(db)?,
+        })
+    }
+
+    async fn set_connection_periods(
+        &self,
+        tenant: TenantId,
+        p: &ConnectionPeriods,
+        audit: &AuditEvent,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let r = sqlx::query("UPDATE tenants SET visitor_weak_after_ms = $1, visitor_lost_after_ms = $2, visitor_timeout_ms = $3 WHERE id = $4")
+            .bind(p.weak_after_ms)
+            .bind(p.lost_after_ms)
+            .bind(p.timeout_ms)
+            .bind(tenant.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        append_audit_tx(&mut tx, audit).await?;
+        tx.commit().await.map_err(db)
     }
 
     async fn set_agent_status(
@@ -708,7 +829,7 @@ impl ChatStore for SqlStore {
             None => String::new(),
         };
         let sql = format!(
-            "SELECT * FROM offline_messages WHERE tenant_id = $1 {filter} ORDER BY created_at DESC, id LIMIT $2"
+            "SELECT tenant_id, id, department_id, visitor_id, content_ct, created_at, handled_at, handled_by FROM offline_messages WHERE tenant_id = $1 {filter} ORDER BY created_at DESC, id LIMIT $2"
         );
         let mut q = sqlx::query(&sql).bind(tenant.to_string()).bind(limit);
         for d in departments.unwrap_or_default() {

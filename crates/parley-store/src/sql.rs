@@ -159,6 +159,10 @@ fn audit_row(r: &AnyRow) -> StoreResult<AuditRecord> {
     })
 }
 
+/// Every query names its columns: a statement prepared before a migration added columns must not
+/// change shape under sqlx's feet (SQLite re-prepares it transparently).
+const TENANT_COLUMNS: &str =
+    "id, slug, name_ct, site_key, allowed_origins, created_at, audit_seq, audit_head";
 const USER_COLUMNS: &str = "tenant_id, id, email_ct, email_index, display_name_ct, role, capacity, \
      password_hash, must_change_password, disabled, created_at, updated_at";
 const AUDIT_COLUMNS: &str = "seq, id, at, actor, action, target, ip, detail, prev_hash, hash";
@@ -480,46 +484,54 @@ impl Store for SqlStore {
     }
 
     async fn tenant(&self, tenant: TenantId) -> StoreResult<Option<TenantRecord>> {
-        sqlx::query("SELECT * FROM tenants WHERE id = $1")
-            .bind(tenant.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?
-            .as_ref()
-            .map(tenant_row)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"
+        ))
+        .bind(tenant.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(tenant_row)
+        .transpose()
     }
 
     async fn tenant_by_slug(&self, slug: &str) -> StoreResult<Option<TenantRecord>> {
-        sqlx::query("SELECT * FROM tenants WHERE slug = $1")
-            .bind(slug.to_owned())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?
-            .as_ref()
-            .map(tenant_row)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE slug = $1"
+        ))
+        .bind(slug.to_owned())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(tenant_row)
+        .transpose()
     }
 
     async fn tenant_by_site_key(&self, site_key: &str) -> StoreResult<Option<TenantRecord>> {
-        sqlx::query("SELECT * FROM tenants WHERE site_key = $1")
-            .bind(site_key.to_owned())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?
-            .as_ref()
-            .map(tenant_row)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE site_key = $1"
+        ))
+        .bind(site_key.to_owned())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(tenant_row)
+        .transpose()
     }
 
     async fn list_tenants(&self) -> StoreResult<Vec<TenantRecord>> {
-        sqlx::query("SELECT * FROM tenants ORDER BY created_at, id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?
-            .iter()
-            .map(tenant_row)
-            .collect()
+        sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(tenant_row)
+        .collect()
     }
 
     async fn update_tenant(
@@ -556,7 +568,7 @@ impl Store for SqlStore {
     }
 
     async fn tenant_keys(&self, tenant: TenantId) -> StoreResult<Vec<TenantKeyRecord>> {
-        sqlx::query("SELECT * FROM tenant_keys WHERE tenant_id = $1 ORDER BY key_id")
+        sqlx::query("SELECT tenant_id, key_id, master_key_id, wrapped, created_at FROM tenant_keys WHERE tenant_id = $1 ORDER BY key_id")
             .bind(tenant.to_string())
             .fetch_all(&self.pool)
             .await
@@ -567,7 +579,7 @@ impl Store for SqlStore {
     }
 
     async fn all_tenant_keys(&self) -> StoreResult<Vec<TenantKeyRecord>> {
-        sqlx::query("SELECT * FROM tenant_keys ORDER BY tenant_id, key_id")
+        sqlx::query("SELECT tenant_id, key_id, master_key_id, wrapped, created_at FROM tenant_keys ORDER BY tenant_id, key_id")
             .fetch_all(&self.pool)
             .await
             .map_err(db)?
@@ -646,7 +658,7 @@ impl Store for SqlStore {
     }
 
     async fn list_departments(&self, tenant: TenantId) -> StoreResult<Vec<DepartmentRecord>> {
-        sqlx::query("SELECT * FROM departments WHERE tenant_id = $1 ORDER BY name_key, id")
+        sqlx::query("SELECT tenant_id, id, name, created_at FROM departments WHERE tenant_id = $1 ORDER BY name_key, id")
             .bind(tenant.to_string())
             .fetch_all(&self.pool)
             .await
@@ -842,7 +854,7 @@ impl Store for SqlStore {
     }
 
     async fn session(&self, token_hash: &[u8]) -> StoreResult<Option<SessionRecord>> {
-        sqlx::query("SELECT * FROM sessions WHERE token_hash = $1")
+        sqlx::query("SELECT token_hash, tenant_id, user_id, created_at, last_seen_at, expires_at FROM sessions WHERE token_hash = $1")
             .bind(token_hash.to_vec())
             .fetch_optional(&self.pool)
             .await

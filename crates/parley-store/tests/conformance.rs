@@ -85,6 +85,7 @@ scenario!(racing_assignments_never_exceed_capacity_or_double_assign);
 scenario!(offers_lapse_and_count_as_load);
 scenario!(transfer_requeue_and_end_move_slots);
 scenario!(visitors_offline_messages_and_isolation);
+scenario!(visitor_liveness_moves_once_per_state);
 
 fn event(tenant: TenantId, action: &'static str) -> AuditEvent {
     AuditEvent {
@@ -164,7 +165,9 @@ fn session(tenant: TenantId, user: UserId, token: &[u8]) -> SessionRecord {
 
 mod scenarios {
     use super::*;
-    use parley_core::conversation::{AgentStatus, ConversationStatus, EventKind};
+    use parley_core::conversation::{
+        AgentStatus, ConnectionPeriods, ConversationStatus, EventKind, VisitorConnection,
+    };
     use parley_core::{ConversationId, OfflineMessageId, VisitorId};
 
     struct Chat {
@@ -231,6 +234,8 @@ mod scenarios {
             created_at: Timestamp(20),
             queued_at: Timestamp(20),
             ended_at: None,
+            visitor_state: VisitorConnection::Connected,
+            visitor_seen_at: Timestamp(20),
         };
         store
             .create_conversation(c.tenant, &conv, &new_event(EventKind::Started, None))
@@ -1149,6 +1154,124 @@ mod scenarios {
         assert!(
             store.append_audit(a, &event(ghost, "x")).await.is_err(),
             "event must belong to the tenant named"
+        );
+    }
+
+    pub async fn visitor_liveness_moves_once_per_state(store: SqlStore) {
+        let c = chat_setup(&store, "acme", 1, 1).await;
+        let conv = new_conversation(&store, &c).await;
+        let periods = store.connection_periods(c.tenant).await.unwrap();
+        assert_eq!(
+            periods,
+            ConnectionPeriods {
+                weak_after_ms: 30_000,
+                lost_after_ms: 90_000,
+                timeout_ms: 600_000
+            }
+        );
+        // Silent past the weak period (created at 20 ms).
+        let silent = store.silent_visitors(Timestamp(20 + 30_000)).await.unwrap();
+        assert_eq!(silent.len(), 1);
+        assert_eq!(
+            (silent[0].conversation, silent[0].state),
+            (conv, VisitorConnection::Connected)
+        );
+        assert!(
+            store
+                .silent_visitors(Timestamp(20 + 29_999))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let to_weak = Transition::VisitorState {
+            from: VisitorConnection::Connected,
+            to: VisitorConnection::Weak,
+        };
+        let e = NewEvent {
+            kind: EventKind::Connection,
+            author: "system".into(),
+            client_msg_id: None,
+            data: "{}".into(),
+            at: Timestamp(30_100),
+        };
+        store
+            .append_event(c.tenant, conv, &e, None, &to_weak)
+            .await
+            .unwrap();
+        // A second node racing on the same timer writes nothing.
+        assert!(matches!(
+            store.append_event(c.tenant, conv, &e, None, &to_weak).await,
+            Err(StoreError::Conflict("state_changed"))
+        ));
+        // A heartbeat from a weak visitor reports the state and leaves the stamp for the event.
+        assert_eq!(
+            store
+                .touch_visitor(c.tenant, conv, Timestamp(40_000))
+                .await
+                .unwrap(),
+            Some(VisitorConnection::Weak)
+        );
+        let back = Transition::VisitorState {
+            from: VisitorConnection::Weak,
+            to: VisitorConnection::Connected,
+        };
+        let e2 = NewEvent {
+            at: Timestamp(40_000),
+            ..e.clone()
+        };
+        store
+            .append_event(c.tenant, conv, &e2, None, &back)
+            .await
+            .unwrap();
+        let rec = store.conversation(c.tenant, conv).await.unwrap().unwrap();
+        assert_eq!(
+            (rec.visitor_state, rec.visitor_seen_at),
+            (VisitorConnection::Connected, Timestamp(40_000))
+        );
+        assert!(
+            store
+                .silent_visitors(Timestamp(40_000 + 29_999))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let shorter = ConnectionPeriods {
+            weak_after_ms: 1_000,
+            lost_after_ms: 2_000,
+            timeout_ms: 3_000,
+        };
+        store
+            .set_connection_periods(c.tenant, &shorter, &event(c.tenant, "site.updated"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.silent_visitors(Timestamp(41_000)).await.unwrap()[0].periods,
+            shorter
+        );
+        // Ended chats are nobody's concern.
+        store
+            .append_event(
+                c.tenant,
+                conv,
+                &new_event(EventKind::Ended, None),
+                None,
+                &Transition::End,
+            )
+            .await
+            .unwrap();
+        assert!(
+            store
+                .silent_visitors(Timestamp(i64::MAX / 2))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .touch_visitor(c.tenant, conv, Timestamp(50_000))
+                .await
+                .unwrap(),
+            None
         );
     }
 }

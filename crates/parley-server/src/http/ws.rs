@@ -31,6 +31,8 @@ const SESSION_RECHECK: Duration = Duration::from_secs(30);
 /// Incoming frames allowed per second per socket.
 const FRAMES_PER_SECOND: u32 = 20;
 pub const MAX_SOCKETS_PER_IP: usize = 200;
+/// How often a visitor socket's activity is written down as their heartbeat.
+const ALIVE_EVERY: Duration = Duration::from_secs(5);
 
 /// Open sockets per client IP.
 #[derive(Debug, Default)]
@@ -229,6 +231,9 @@ async fn run(app: App, mut socket: WebSocket) {
     let mut window_start = tokio::time::Instant::now();
     let mut frames_in_window = 0u32;
     let mut last_heard = tokio::time::Instant::now();
+    let mut last_alive = last_heard - ALIVE_EVERY;
+    // The conversations this visitor socket resumed: their liveness follows this socket.
+    let mut watched: Vec<ConversationId> = vec![];
     let mut recheck = tokio::time::interval(SESSION_RECHECK);
     recheck.tick().await;
     loop {
@@ -254,7 +259,28 @@ async fn run(app: App, mut socket: WebSocket) {
                     if socket.send(error_frame("rate_limited", "slow down: too many frames per second")).await.is_err() { break }
                     continue;
                 }
+                if let Who::Visitor(_) = &who
+                    && let Ok(ClientFrame::Resume { conversation_id, .. }) = serde_json::from_str::<ClientFrame>(&raw)
+                    && let Ok(c) = conversation_id.parse::<ConversationId>()
+                    && !watched.contains(&c)
+                    && watched.len() < 8
+                {
+                    watched.push(c);
+                    last_alive = last_heard - ALIVE_EVERY;
+                }
                 let reply = handle(&app, &who, &sub, &raw).await;
+                // A visitor's frames are their heartbeat (written at most every few seconds).
+                if let Who::Visitor(v) = &who
+                    && last_heard.duration_since(last_alive) >= ALIVE_EVERY
+                {
+                    last_alive = last_heard;
+                    for c in watched.iter() {
+                        match app.visitor_alive(*v, *c).await {
+                            Ok(()) | Err(AppError::NotFound) => {}
+                            Err(e) => tracing::warn!(error = %e, "recording a visitor heartbeat failed"),
+                        }
+                    }
+                }
                 let is_ack = reply.as_ref().is_some_and(|m| matches!(m, Message::Text(t) if t.contains("\"type\":\"ack\"")));
                 if let Some(reply) = reply
                     && socket.send(reply).await.is_err()

@@ -710,3 +710,103 @@ async fn the_widget_frame_is_framed_only_by_allowed_sites() {
     assert_eq!(admin.headers()["x-frame-options"], "DENY");
     d.t.stop().await;
 }
+
+#[tokio::test]
+async fn silent_visitors_turn_weak_then_lost_and_come_back_or_time_out() {
+    let d = desk(Db::Sqlite, 1, 3, "assign", 30_000).await;
+    let (agent, _) = &d.agents[0];
+    let tenant =
+        d.t.app
+            .store
+            .tenant_by_site_key(&d.site_key)
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+    // Short periods for the test (the API keeps them at a second or more).
+    let periods = parley_core::conversation::ConnectionPeriods {
+        weak_after_ms: 300,
+        lost_after_ms: 2000,
+        timeout_ms: 5000,
+    };
+    let ev = d.t.app.audit_event(
+        tenant,
+        parley_core::audit::AuditActor::Operator,
+        "site.updated",
+        None,
+        None,
+        json!({}),
+    );
+    d.t.app
+        .store
+        .set_connection_periods(tenant, &periods, &ev)
+        .await
+        .unwrap();
+    let mut agent_ws = Ws::open(&d.t, &agent.ticket().await).await;
+
+    // Visitor 1 goes quiet, then comes back while lost: the agent sees weak, lost, restored.
+    let (v, conv) = start(&d, "Wanda").await;
+    agent_ws.until("chat_assigned").await;
+    agent_ws
+        .send(json!({ "type": "resume", "conversation_id": conv, "since": 0 }))
+        .await;
+    let resumed = agent_ws.until("resumed").await;
+    let mut states: Vec<String> = resumed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "connection")
+        .map(|e| value_str(&e["data"]["state"]))
+        .collect();
+    // Weak comes first; a busy timer may step straight from connected to lost.
+    while states.last().map(String::as_str) != Some("lost") {
+        states.push(value_str(
+            &agent_ws.event("connection").await["data"]["state"],
+        ));
+    }
+    assert!(
+        states == ["weak", "lost"] || states == ["lost"],
+        "{states:?}"
+    );
+    let mut vws = Ws::open(&d.t, &v.ticket().await).await;
+    vws.send(json!({ "type": "resume", "conversation_id": conv, "since": 0 }))
+        .await;
+    vws.until("resumed").await;
+    let back = agent_ws.event("connection").await;
+    assert_eq!(back["data"]["state"], "restored");
+    let detail = agent.get(&format!("/api/conversations/{conv}")).await;
+    assert_eq!(
+        detail.body["conversation"]["agent_id"],
+        d.agents[0].1.as_str(),
+        "same agent after coming back"
+    );
+    drop(vws);
+
+    // Silent for longer than lost + timeout: the chat ends and the agent's slot is freed.
+    let ended = agent_ws.event("ended").await;
+    assert_eq!(ended["data"]["reason"], "visitor_timeout");
+    let again = v
+        .send(
+            "GET",
+            "/api/widget/conversations/{}/events"
+                .replace("{}", &conv)
+                .as_str(),
+            None,
+        )
+        .await;
+    assert_eq!(
+        again.body["events"].as_array().unwrap().last().unwrap()["kind"],
+        "ended"
+    );
+    // Returning after that, the visitor starts again in the queue.
+    let fresh = v
+        .send(
+            "POST",
+            "/api/widget/conversations",
+            Some(json!({ "department_id": d.dept, "name": "Wanda" })),
+        )
+        .await;
+    assert_eq!(fresh.status, StatusCode::CREATED);
+    assert_ne!(fresh.body["id"], conv.as_str());
+    d.t.stop().await;
+}

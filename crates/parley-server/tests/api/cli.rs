@@ -200,23 +200,29 @@ async fn serve_demo_sets_up_a_tenant_and_a_customer_page() {
         .env_remove("PARLEY_MASTER_KEY_FILE")
         .env("PARLEY_LOG", "warn")
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
+    let _guard = KillOnDrop(child);
+    // Read the banner, then keep draining stdout so the server never writes into a closed pipe.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
         let mut out = vec![];
+        let mut tx = Some(tx);
         for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
+            let Ok(line) = line else { break };
             let done = line.contains("Sign in as the agent");
             out.push(line);
-            if done {
-                break;
+            if done && let Some(tx) = tx.take() {
+                let _ = tx.send(std::mem::take(&mut out));
             }
         }
-        out
-    })
-    .await
-    .unwrap();
+    });
+    let lines = tokio::time::timeout(std::time::Duration::from_secs(30), rx)
+        .await
+        .unwrap()
+        .unwrap();
     let text = lines.join("\n");
     assert!(
         text.contains("agent@demo.test") && text.contains("one-time password"),
@@ -244,6 +250,4 @@ async fn serve_demo_sets_up_a_tenant_and_a_customer_page() {
     c.first_sign_in("demo", "agent@demo.test", &otp).await;
     let s = c.get("/api/auth/session").await;
     assert_eq!(s.body["departments"][0]["name"], "Support");
-    child.kill().unwrap();
-    let _ = child.wait();
 }

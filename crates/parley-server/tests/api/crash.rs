@@ -8,10 +8,10 @@
 use crate::helpers::*;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 struct Node {
-    child: Child,
+    child: KillOnDrop,
     base: String,
     port: u16,
 }
@@ -38,7 +38,7 @@ fn start(dir: &std::path::Path, port: u16, fault: Option<&str>) -> Node {
         None => cmd.env_remove("PARLEY_FAULT"),
     };
     Node {
-        child: cmd.spawn().unwrap(),
+        child: KillOnDrop(cmd.spawn().unwrap()),
         base: format!("http://127.0.0.1:{port}"),
         port,
     }
@@ -265,8 +265,8 @@ async fn acknowledged_messages_survive_kill_9_at_every_step() {
         .iter()
         .enumerate()
     {
-        node.child.kill().ok();
-        node.child.wait().ok();
+        node.child.0.kill().ok();
+        node.child.0.wait().ok();
         node = start(dir.path(), port, Some(fault));
         wait_ready(&node).await;
         let range = phase * 10..phase * 10 + 10;
@@ -279,7 +279,7 @@ async fn acknowledged_messages_survive_kill_9_at_every_step() {
         }
         // Did the armed fault fire? Then the process is gone: restart clean and finish the phase.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        if node.child.try_wait().unwrap().is_some() {
+        if node.child.0.try_wait().unwrap().is_some() {
             crashes += 1;
             node = start(dir.path(), port, None);
             wait_ready(&node).await;
@@ -343,6 +343,6 @@ async fn acknowledged_messages_survive_kill_9_at_every_step() {
     for side in [&visitor, &agent_side] {
         assert_eq!(side.seen.keys().copied().collect::<Vec<_>>(), seqs);
     }
-    node.child.kill().ok();
-    node.child.wait().ok();
+    node.child.0.kill().ok();
+    node.child.0.wait().ok();
 }

@@ -390,3 +390,14 @@ impl Client {
         value_str(&r.body["ticket"])
     }
 }
+
+/// A child process that is killed when dropped, so a failing test never leaves a server behind
+/// (a leftover would hold the test runner's output open).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -3,6 +3,11 @@
 
 ALTER TABLE departments ADD COLUMN routing_mode TEXT NOT NULL DEFAULT 'offer';
 ALTER TABLE departments ADD COLUMN offer_timeout_ms INTEGER NOT NULL DEFAULT 30000;
+-- How long a visitor may be silent before the agent sees them as weak, then lost, and how long a
+-- lost visitor has to come back before the chat ends.
+ALTER TABLE tenants ADD COLUMN visitor_weak_after_ms INTEGER NOT NULL DEFAULT 30000;
+ALTER TABLE tenants ADD COLUMN visitor_lost_after_ms INTEGER NOT NULL DEFAULT 90000;
+ALTER TABLE tenants ADD COLUMN visitor_timeout_ms INTEGER NOT NULL DEFAULT 600000;
 ALTER TABLE departments ADD COLUMN prechat_fields TEXT NOT NULL DEFAULT '{"name":"required","email":"optional","question":"optional"}';
 
 CREATE TABLE visitors (
@@ -29,6 +34,8 @@ CREATE TABLE conversations (
     created_at       INTEGER NOT NULL,
     queued_at        INTEGER NOT NULL,
     ended_at         INTEGER,
+    visitor_state    TEXT NOT NULL,
+    visitor_seen_at  INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, id),
     FOREIGN KEY (tenant_id, visitor_id) REFERENCES visitors (tenant_id, id),
     FOREIGN KEY (tenant_id, department_id) REFERENCES departments (tenant_id, id),
@@ -38,6 +45,7 @@ CREATE INDEX conversations_by_visitor ON conversations (tenant_id, visitor_id, s
 CREATE INDEX conversations_by_status ON conversations (tenant_id, department_id, status, queued_at);
 CREATE INDEX conversations_by_agent ON conversations (tenant_id, agent_id, status);
 CREATE INDEX conversations_offers ON conversations (offer_expires_at);
+CREATE INDEX conversations_liveness ON conversations (status, visitor_state, visitor_seen_at);
 
 CREATE TABLE conversation_events (
     tenant_id       TEXT NOT NULL,

@@ -52,17 +52,31 @@ async function showSite(panel) {
   origins.value = site.allowed_origins.join('\n');
   const error = el('p', { class: 'error', role: 'alert' });
   const notice = el('p', { class: 'notice', role: 'status' });
+  const p = site.connection_periods;
+  const period = (n, v) => el('input', { name: n, type: 'number', min: 1, max: 86400, value: v, disabled: !can('edit_site') });
+  const weak = period('weak', p.weak_after_secs);
+  const lost = period('lost', p.lost_after_secs);
+  const timeout = period('timeout', p.timeout_secs);
   const form = el('form', { class: 'card' },
     el('h2', {}, 'Site'),
     field('Site name', name),
     field('Allowed website origins', origins, 'One per line, like https://www.example.com. The chat widget works only on these sites.'),
+    el('div', { class: 'row top' },
+      field('Weak after (seconds)', weak, 'Silent visitors are shown to the agent as weak…'),
+      field('Lost after (seconds)', lost, '…then as lost.'),
+      field('Chat ends after (seconds)', timeout, 'A lost visitor who does not return in time has the chat ended.')),
     el('p', { class: 'hint' }, 'Workspace: ', el('code', {}, site.slug), ' · Site key: ', el('code', {}, site.site_key)),
+    el('p', { class: 'hint' }, 'Embed the chat with this line near </body> on the allowed sites:'),
+    el('pre', { class: 'secret', id: 'embed-code' }, `<script src="${location.origin}/widget.js" data-site="${site.site_key}" async></script>`),
     error, notice,
     (can('edit_site') || can('edit_site_security')) ? el('div', { class: 'actions' }, el('button', { type: 'submit', class: 'primary' }, 'Save')) : null);
   onSubmit(form, error, async () => {
     notice.textContent = '';
     const body = {};
-    if (can('edit_site')) body.name = name.value;
+    if (can('edit_site')) {
+      body.name = name.value;
+      body.connection_periods = { weak_after_secs: Number(weak.value), lost_after_secs: Number(lost.value), timeout_secs: Number(timeout.value) };
+    }
     if (can('edit_site_security')) body.allowed_origins = origins.value.split('\n').map((s) => s.trim()).filter(Boolean);
     const saved = await api('PATCH', '/site', body);
     origins.value = saved.allowed_origins.join('\n');

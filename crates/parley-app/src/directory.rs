@@ -21,6 +21,16 @@ pub struct SiteView {
     pub slug: String,
     pub site_key: String,
     pub allowed_origins: Vec<String>,
+    pub connection_periods: PeriodsView,
+}
+
+/// How long a silent visitor is shown as weak, then lost, and how long a lost one has to return.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeriodsView {
+    pub weak_after_secs: i64,
+    pub lost_after_secs: i64,
+    pub timeout_secs: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -54,6 +64,7 @@ pub struct UserCreated {
 pub struct SiteChanges {
     pub name: Option<String>,
     pub allowed_origins: Option<Vec<String>>,
+    pub connection_periods: Option<PeriodsView>,
 }
 
 #[derive(Debug)]
@@ -181,6 +192,14 @@ impl App {
             slug: t.slug,
             site_key: t.site_key,
             allowed_origins: t.allowed_origins,
+            connection_periods: {
+                let p = self.store.connection_periods(t.id).await?;
+                PeriodsView {
+                    weak_after_secs: p.weak_after_ms / 1000,
+                    lost_after_secs: p.lost_after_ms / 1000,
+                    timeout_secs: p.timeout_ms / 1000,
+                }
+            },
         })
     }
 
@@ -197,12 +216,36 @@ impl App {
         if c.allowed_origins.is_some() {
             self.authorize(s, Permission::EditSiteSecurity, ip).await?;
         }
+        if let Some(p) = c.connection_periods {
+            self.authorize(s, Permission::EditSite, ip).await?;
+            let periods = parley_core::conversation::ConnectionPeriods {
+                weak_after_ms: p.weak_after_secs.saturating_mul(1000),
+                lost_after_ms: p.lost_after_secs.saturating_mul(1000),
+                timeout_ms: p.timeout_secs.saturating_mul(1000),
+            };
+            periods.validate()?;
+            let a = &s.actor;
+            let event = self.audit_event(
+                a.tenant,
+                actor_of(a),
+                "site.updated",
+                Some(a.tenant.to_string()),
+                ip,
+                json!({ "changed": ["connection_periods"], "connection_periods": p }),
+            );
+            self.store
+                .set_connection_periods(a.tenant, &periods, &event)
+                .await?;
+            if c.name.is_none() && c.allowed_origins.is_none() {
+                return self.site(s, ip).await;
+            }
+        }
         if c.name.is_none() && c.allowed_origins.is_none() {
             self.authorize(s, Permission::EditSite, ip).await?;
             return Err(DomainError::new(
                 "body",
                 "nothing_to_change",
-                "give name or allowed_origins",
+                "give name, allowed_origins or connection_periods",
             )
             .into());
         }

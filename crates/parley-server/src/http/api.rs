@@ -172,6 +172,7 @@ pub async fn get_site(State(s): State<AppState>, c: Caller) -> ApiResult<Json<Va
 pub struct SiteBody {
     name: Option<String>,
     allowed_origins: Option<Vec<String>>,
+    connection_periods: Option<parley_app::PeriodsView>,
 }
 
 pub async fn patch_site(
@@ -182,6 +183,7 @@ pub async fn patch_site(
     let changes = SiteChanges {
         name: b.name,
         allowed_origins: b.allowed_origins,
+        connection_periods: b.connection_periods,
     };
     Ok(Json(json!(
         s.app

@@ -299,3 +299,31 @@ async fn hostile_text_is_stored_and_returned_as_text() {
     assert_eq!(list.body["departments"].as_array().unwrap().len(), 4);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn connection_periods_are_a_validated_site_setting() {
+    let t = TestApp::spawn(Db::Sqlite).await;
+    let acme = t.tenant("Acme").await;
+    let admin = t.admin(&acme).await;
+    let site = admin.get("/api/site").await;
+    assert_eq!(
+        site.body["connection_periods"],
+        json!({ "weak_after_secs": 30, "lost_after_secs": 90, "timeout_secs": 600 })
+    );
+    let r = admin.patch("/api/site", json!({ "connection_periods": { "weak_after_secs": 20, "lost_after_secs": 60, "timeout_secs": 300 } })).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["connection_periods"]["timeout_secs"], 300);
+    let bad = admin.patch("/api/site", json!({ "connection_periods": { "weak_after_secs": 60, "lost_after_secs": 20, "timeout_secs": 300 } })).await;
+    assert_eq!(
+        (bad.status, bad.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "out_of_order")
+    );
+    let zero = admin.patch("/api/site", json!({ "connection_periods": { "weak_after_secs": 0, "lost_after_secs": 20, "timeout_secs": 300 } })).await;
+    assert_eq!(zero.code(), "out_of_range");
+    assert_eq!(
+        admin.get("/api/site").await.body["connection_periods"]["weak_after_secs"],
+        20,
+        "bad input changed nothing"
+    );
+    t.stop().await;
+}

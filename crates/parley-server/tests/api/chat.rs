@@ -268,6 +268,17 @@ async fn visitor_and_agent_chat_with_durable_acks(db: Db) {
     assert!(overview.body["chats"].as_array().unwrap().is_empty());
     assert_eq!(overview.body["status"], "online");
     let _ = agent_id;
+    // Bodies, pre-chat answers and the transfer of names all stay encrypted at rest.
+    let raw = raw_database_text(&d.t, db).await;
+    for secret in [
+        "Is my card blocked",
+        "Hello <b>there</b>",
+        "Let me check",
+        "Vera Visitor",
+        "vera@example.test",
+    ] {
+        assert!(!raw.contains(secret), "found plaintext {secret:?} at rest");
+    }
     d.t.stop().await;
 }
 

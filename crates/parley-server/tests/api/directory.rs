@@ -184,49 +184,7 @@ async fn no_plaintext_personal_data_at_rest(db: Db) {
         "Ada Admin",
         "Zyxwvut Holdings",
     ];
-    let haystack: Vec<u8> = match db {
-        Db::Sqlite => {
-            // The database file and its write-ahead log, byte for byte.
-            let mut all = vec![];
-            for f in std::fs::read_dir(t.dir.path()).unwrap() {
-                let p = f.unwrap().path();
-                if p.to_string_lossy().contains("parley.db") {
-                    all.extend(std::fs::read(&p).unwrap());
-                }
-            }
-            assert!(all.len() > 10_000, "read the database files");
-            all
-        }
-        Db::Postgres => {
-            use sqlx::{Connection, Row};
-            let admin_url = std::env::var("PARLEY_TEST_PG_URL").unwrap();
-            let (base, _) = admin_url.rsplit_once('/').unwrap();
-            let mut conn =
-                sqlx::PgConnection::connect(&format!("{base}/{}", t.pg_db.as_ref().unwrap()))
-                    .await
-                    .unwrap();
-            let mut all = vec![];
-            for table in [
-                "tenants",
-                "tenant_keys",
-                "users",
-                "departments",
-                "sessions",
-                "audit_events",
-            ] {
-                for row in sqlx::query(&format!("SELECT t::text AS r FROM {table} t"))
-                    .fetch_all(&mut conn)
-                    .await
-                    .unwrap()
-                {
-                    all.extend(row.get::<String, _>("r").into_bytes());
-                }
-            }
-            assert!(all.len() > 1_000);
-            all
-        }
-    };
-    let text = String::from_utf8_lossy(&haystack);
+    let text = raw_database_text(&t, db).await;
     for n in needles {
         assert!(!text.contains(n), "found plaintext {n:?} at rest");
     }

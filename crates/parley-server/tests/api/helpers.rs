@@ -401,3 +401,51 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Everything the database holds, as raw text: the SQLite files byte for byte (database and
+/// write-ahead log), or every PostgreSQL table's rows as text. For "no plaintext at rest" checks.
+pub async fn raw_database_text(t: &TestApp, db: Db) -> String {
+    let bytes: Vec<u8> = match db {
+        Db::Sqlite => {
+            let mut all = vec![];
+            for f in std::fs::read_dir(t.dir.path()).unwrap() {
+                let p = f.unwrap().path();
+                if p.to_string_lossy().contains("parley.db") {
+                    all.extend(std::fs::read(&p).unwrap());
+                }
+            }
+            assert!(all.len() > 10_000, "read the database files");
+            all
+        }
+        Db::Postgres => {
+            use sqlx::Row;
+            let admin_url = std::env::var("PARLEY_TEST_PG_URL").unwrap();
+            let (base, _) = admin_url.rsplit_once('/').unwrap();
+            let mut conn =
+                sqlx::PgConnection::connect(&format!("{base}/{}", t.pg_db.as_ref().unwrap()))
+                    .await
+                    .unwrap();
+            let tables: Vec<String> =
+                sqlx::query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get::<String, _>("tablename"))
+                    .collect();
+            assert!(tables.len() >= 10, "{tables:?}");
+            let mut all = vec![];
+            for table in tables {
+                for row in sqlx::query(&format!("SELECT t::text AS r FROM {table} t"))
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap()
+                {
+                    all.extend(row.get::<String, _>("r").into_bytes());
+                }
+            }
+            all
+        }
+    };
+    String::from_utf8_lossy(&bytes).into_owned()
+}

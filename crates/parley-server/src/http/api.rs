@@ -1,10 +1,10 @@
 //! REST API handlers: parse the request, call one use case, shape the answer. No rules live here.
 
 use super::error::ApiError;
-use super::extract::{ApiJson, Caller, ClientIp, path_id};
+use super::extract::{ApiJson, ApiQuery, Caller, ClientIp, bounded, path_id};
 use super::{AppState, security};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use parley_app::{NewUserInput, SiteChanges, UserChangesInput};
@@ -59,21 +59,6 @@ pub struct SignInBody {
     workspace: String,
     email: String,
     password: String,
-}
-
-/// Bound the work a sign-in can cause before anything else: Argon2 over a megabyte is a DoS.
-fn bounded(field: &'static str, v: &str, max: usize) -> ApiResult<()> {
-    if v.len() > max {
-        return Err(ApiError {
-            field: Some(field),
-            ..ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "too_long",
-                format!("{field}: at most {max} bytes"),
-            )
-        });
-    }
-    Ok(())
 }
 
 pub async fn sign_in(
@@ -348,15 +333,8 @@ pub struct AuditQuery {
 pub async fn audit_trail(
     State(s): State<AppState>,
     c: Caller,
-    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "limit must be a whole number",
-        )
-    })?;
     let events = s
         .app
         .audit_trail(&c.session, q.limit.unwrap_or(100), c.ip.as_deref())

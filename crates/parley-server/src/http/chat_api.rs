@@ -4,9 +4,9 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiJson, Caller, path_id};
+use super::extract::{ApiJson, ApiQuery, Caller, bounded, path_id};
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use parley_app::{ChatActor, Prechat, TicketSubject, TransferTarget, Visitor};
@@ -38,20 +38,6 @@ impl FromRequestParts<AppState> for VisitorCaller {
             })?;
         Ok(VisitorCaller(state.app.authenticate_visitor(token).await?))
     }
-}
-
-fn bounded(field: &'static str, v: &str, max: usize) -> ApiResult<()> {
-    if v.len() > max {
-        return Err(ApiError {
-            field: Some(field),
-            ..ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "too_long",
-                format!("{field}: at most {max} bytes"),
-            )
-        });
-    }
-    Ok(())
 }
 
 fn dept_id(raw: &str, field: &'static str) -> ApiResult<parley_core::DepartmentId> {
@@ -123,15 +109,8 @@ pub async fn widget_events(
     State(s): State<AppState>,
     VisitorCaller(v): VisitorCaller,
     Path(id): Path<String>,
-    q: Result<Query<SinceQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<SinceQuery>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "since must be a whole number",
-        )
-    })?;
     let events = s
         .app
         .events_since(ChatActor::Visitor(v), path_id(&id)?, q.since.unwrap_or(0))
@@ -353,15 +332,8 @@ pub struct TranscriptQuery {
 pub async fn transcripts(
     State(s): State<AppState>,
     c: Caller,
-    q: Result<Query<TranscriptQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<TranscriptQuery>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "use q, before (ms) and limit",
-        )
-    })?;
     if let Some(text) = &q.q {
         bounded("q", text, 200)?;
     }

@@ -154,3 +154,45 @@ impl FromRequestParts<AppState> for Caller {
 pub fn path_id<T: std::str::FromStr>(raw: &str) -> Result<T, ApiError> {
     raw.parse().map_err(|_| ApiError::not_found())
 }
+
+/// Reject an over-long input field before any work is spent on it (Argon2 over a megabyte is a
+/// denial of service): 422 `too_long`.
+pub fn bounded(field: &'static str, v: &str, max: usize) -> Result<(), ApiError> {
+    if v.len() > max {
+        return Err(ApiError {
+            field: Some(field),
+            ..ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "too_long",
+                format!("{field}: at most {max} bytes"),
+            )
+        });
+    }
+    Ok(())
+}
+
+/// Query parameters; malformed ones are 400 `invalid_query` with serde's explanation.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(e) => {
+                let text = e.body_text();
+                let detail = text
+                    .split_once(": ")
+                    .map(|(_, d)| d)
+                    .unwrap_or(&text)
+                    .to_owned();
+                Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    detail,
+                ))
+            }
+        }
+    }
+}

@@ -92,10 +92,15 @@ async function loadDepartments() {
 
 async function showDepartments(panel) {
   await loadDepartments();
-  const rows = departments.map((d) => el('tr', {}, el('td', {}, d.name), el('td', { class: 'mono' }, d.id)));
+  const ask = { required: 'Required', optional: 'Optional', hidden: 'Not asked' };
+  const rows = departments.map((d) => el('tr', {},
+    el('td', {}, d.name),
+    el('td', {}, d.routing_mode === 'offer' ? `Offer (${d.offer_timeout_secs} s to accept)` : 'Assign directly'),
+    el('td', {}, ['name', 'email', 'question'].map((f) => `${f}: ${ask[d.prechat_fields[f]].toLowerCase()}`).join(', ')),
+    el('td', {}, can('manage_departments') ? departmentSettings(d, panel, ask) : '')));
   const list = el('section', { class: 'card' }, el('h2', {}, 'Departments'),
     departments.length
-      ? el('table', {}, el('thead', {}, el('tr', {}, el('th', {}, 'Name'), el('th', {}, 'Id'))), el('tbody', {}, rows))
+      ? el('table', {}, el('thead', {}, el('tr', {}, ...['Name', 'Routing', 'Pre-chat form', ''].map((h) => el('th', {}, h)))), el('tbody', {}, rows))
       : el('p', { class: 'hint' }, 'No departments yet.'));
   const parts = [list];
   if (can('manage_departments')) {
@@ -111,6 +116,31 @@ async function showDepartments(panel) {
     parts.push(form);
   }
   panel.replaceChildren(...parts);
+}
+
+function departmentSettings(d, panel, ask) {
+  const mode = el('select', { name: 'routing-mode' }, el('option', { value: 'offer' }, 'Offer to the best agent'), el('option', { value: 'assign' }, 'Assign directly'));
+  mode.value = d.routing_mode;
+  const timeout = el('input', { name: 'offer-timeout', type: 'number', min: 5, max: 600, value: d.offer_timeout_secs });
+  const fields = {};
+  for (const f of ['name', 'email', 'question']) {
+    fields[f] = el('select', { name: 'prechat-' + f }, Object.entries(ask).map(([v, label]) => el('option', { value: v }, label)));
+    fields[f].value = d.prechat_fields[f];
+  }
+  const error = el('p', { class: 'error', role: 'alert' });
+  const form = el('form', {},
+    field('Routing', mode), field('Seconds to accept an offer', timeout),
+    field('Visitor name', fields.name), field('Visitor email', fields.email), field('Question', fields.question),
+    error, el('div', { class: 'actions' }, el('button', { type: 'submit', class: 'primary' }, 'Save settings')));
+  onSubmit(form, error, async () => {
+    await api('PATCH', '/departments/' + d.id, {
+      routing_mode: mode.value,
+      offer_timeout_secs: Number(timeout.value),
+      prechat_fields: { name: fields.name.value, email: fields.email.value, question: fields.question.value },
+    });
+    await showDepartments(panel);
+  });
+  return el('details', {}, el('summary', { 'aria-label': `Settings of ${d.name}` }, 'Settings'), form);
 }
 
 function departmentNames(ids) {

@@ -4,7 +4,7 @@ use crate::auth::Session;
 use crate::{App, AppError};
 use parley_core::audit::AuditActor;
 use parley_core::permission::Actor;
-use parley_core::store::{DepartmentRecord, UserChanges, UserRecord};
+use parley_core::store::{DepartmentRecord, DepartmentRouting, UserChanges, UserRecord};
 use parley_core::values::{
     AllowedOrigin, Capacity, DepartmentName, DisplayName, EmailAddress, SiteName,
 };
@@ -38,6 +38,19 @@ pub struct DepartmentView {
     pub id: DepartmentId,
     pub name: String,
     pub created_at: i64,
+    /// `offer` (the chosen agent accepts within the timeout) or `assign` (given directly).
+    pub routing_mode: String,
+    pub offer_timeout_secs: i64,
+    pub prechat_fields: crate::PrechatFields,
+}
+
+/// Changes to a department; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct DepartmentChanges {
+    pub name: Option<String>,
+    pub routing_mode: Option<String>,
+    pub offer_timeout_secs: Option<i64>,
+    pub prechat_fields: Option<crate::PrechatFields>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -121,11 +134,17 @@ pub(crate) fn user_view(cipher: &TenantCipher, u: &UserRecord) -> Result<UserVie
     })
 }
 
-fn department_view(d: &DepartmentRecord) -> DepartmentView {
+fn department_view(d: &DepartmentRecord, routing: Option<&DepartmentRouting>) -> DepartmentView {
+    let fields = routing
+        .and_then(|r| serde_json::from_str(&r.prechat_fields).ok())
+        .unwrap_or_default();
     DepartmentView {
         id: d.id,
         name: d.name.clone(),
         created_at: d.created_at.0,
+        routing_mode: routing.map_or_else(|| "offer".to_owned(), |r| r.mode.clone()),
+        offer_timeout_secs: routing.map_or(30, |r| r.offer_timeout_ms / 1000),
+        prechat_fields: fields,
     }
 }
 
@@ -300,6 +319,19 @@ impl App {
         self.site(s, ip).await
     }
 
+    async fn routing_map(
+        &self,
+        tenant: parley_core::TenantId,
+    ) -> Result<std::collections::HashMap<DepartmentId, DepartmentRouting>, AppError> {
+        Ok(self
+            .store
+            .department_routing(tenant)
+            .await?
+            .into_iter()
+            .map(|r| (r.department, r))
+            .collect())
+    }
+
     /// Needs `ViewDepartments`.
     pub async fn departments(
         &self,
@@ -307,12 +339,13 @@ impl App {
         ip: Option<&str>,
     ) -> Result<Vec<DepartmentView>, AppError> {
         self.authorize(s, Permission::ViewDepartments, ip).await?;
+        let routing = self.routing_map(s.actor.tenant).await?;
         Ok(self
             .store
             .list_departments(s.actor.tenant)
             .await?
             .iter()
-            .map(department_view)
+            .map(|d| department_view(d, routing.get(&d.id)))
             .collect())
     }
 
@@ -341,31 +374,92 @@ impl App {
             json!({ "name": d.name }),
         );
         self.store.create_department(a.tenant, &d, &event).await?;
-        Ok(department_view(&d))
+        let routing = self.routing_map(a.tenant).await?;
+        Ok(department_view(&d, routing.get(&d.id)))
     }
 
+    /// Rename a department or change how it routes chats and which pre-chat fields it asks.
     /// Needs `ManageDepartments`.
-    pub async fn rename_department(
+    pub async fn update_department(
         &self,
         s: &Session,
         id: DepartmentId,
-        name: &str,
+        c: DepartmentChanges,
         ip: Option<&str>,
     ) -> Result<DepartmentView, AppError> {
         self.authorize(s, Permission::ManageDepartments, ip).await?;
         let a = &s.actor;
-        let name = DepartmentName::parse(name)?;
-        let event = self.audit_event(
-            a.tenant,
-            actor_of(a),
-            "department.renamed",
-            Some(id.to_string()),
-            ip,
-            json!({ "name": name.as_str() }),
-        );
-        self.store
-            .rename_department(a.tenant, id, name.as_str(), &event)
-            .await?;
+        if c.name.is_none()
+            && c.routing_mode.is_none()
+            && c.offer_timeout_secs.is_none()
+            && c.prechat_fields.is_none()
+        {
+            return Err(DomainError::new(
+                "body",
+                "nothing_to_change",
+                "give name, routing_mode, offer_timeout_secs or prechat_fields",
+            )
+            .into());
+        }
+        let mut routing = self
+            .routing_map(a.tenant)
+            .await?
+            .remove(&id)
+            .ok_or(AppError::NotFound)?;
+        if let Some(mode) = &c.routing_mode {
+            if mode != "offer" && mode != "assign" {
+                return Err(DomainError::new(
+                    "routing_mode",
+                    "invalid_routing_mode",
+                    "must be offer or assign",
+                )
+                .into());
+            }
+            routing.mode = mode.clone();
+        }
+        if let Some(secs) = c.offer_timeout_secs {
+            if !(5..=600).contains(&secs) {
+                return Err(DomainError::new(
+                    "offer_timeout_secs",
+                    "out_of_range",
+                    "must be between 5 and 600 seconds",
+                )
+                .into());
+            }
+            routing.offer_timeout_ms = secs * 1000;
+        }
+        if let Some(f) = c.prechat_fields {
+            routing.prechat_fields =
+                serde_json::to_string(&f).map_err(|e| AppError::Internal(e.to_string()))?;
+        }
+        let name = c.name.as_deref().map(DepartmentName::parse).transpose()?;
+        if let Some(name) = &name {
+            let event = self.audit_event(
+                a.tenant,
+                actor_of(a),
+                "department.renamed",
+                Some(id.to_string()),
+                ip,
+                json!({ "name": name.as_str() }),
+            );
+            self.store
+                .rename_department(a.tenant, id, name.as_str(), &event)
+                .await?;
+        }
+        if c.routing_mode.is_some() || c.offer_timeout_secs.is_some() || c.prechat_fields.is_some()
+        {
+            let event = self.audit_event(
+                a.tenant,
+                actor_of(a),
+                "department.routing_changed",
+                Some(id.to_string()),
+                ip,
+                json!({ "routing_mode": routing.mode, "offer_timeout_ms": routing.offer_timeout_ms, "prechat_fields": c.prechat_fields }),
+            );
+            self.store
+                .set_department_routing(a.tenant, &routing, &event)
+                .await?;
+        }
         let d = self
             .store
             .list_departments(a.tenant)
@@ -373,7 +467,7 @@ impl App {
             .into_iter()
             .find(|d| d.id == id)
             .ok_or(AppError::NotFound)?;
-        Ok(department_view(&d))
+        Ok(department_view(&d, Some(&routing)))
     }
 
     /// Needs `ViewUsers`; a department manager sees only users of their departments.

@@ -21,8 +21,8 @@ pub use chat::{
     Prechat, PrechatFields, TransferTarget, Visitor, WidgetDepartment, WidgetSession,
 };
 pub use directory::{
-    DepartmentView, NewUserInput, PeriodsView, SiteChanges, SiteView, UserChangesInput,
-    UserCreated, UserView,
+    DepartmentChanges, DepartmentView, NewUserInput, PeriodsView, SiteChanges, SiteView,
+    UserChangesInput, UserCreated, UserView,
 };
 pub use error::AppError;
 pub use hub::{Frame, Hub, Subscriber, Topic};

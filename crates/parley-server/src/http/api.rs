@@ -201,16 +201,31 @@ pub async fn create_department(
     Ok((StatusCode::CREATED, Json(json!(d))))
 }
 
-pub async fn rename_department(
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DepartmentPatch {
+    name: Option<String>,
+    routing_mode: Option<String>,
+    offer_timeout_secs: Option<i64>,
+    prechat_fields: Option<parley_app::PrechatFields>,
+}
+
+pub async fn update_department(
     State(s): State<AppState>,
     c: Caller,
     Path(id): Path<String>,
-    ApiJson(b): ApiJson<DepartmentBody>,
+    ApiJson(b): ApiJson<DepartmentPatch>,
 ) -> ApiResult<Json<Value>> {
     let id: DepartmentId = path_id(&id)?;
+    let changes = parley_app::DepartmentChanges {
+        name: b.name,
+        routing_mode: b.routing_mode,
+        offer_timeout_secs: b.offer_timeout_secs,
+        prechat_fields: b.prechat_fields,
+    };
     Ok(Json(json!(
         s.app
-            .rename_department(&c.session, id, &b.name, c.ip.as_deref())
+            .update_department(&c.session, id, changes, c.ip.as_deref())
             .await?
     )))
 }

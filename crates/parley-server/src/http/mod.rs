@@ -73,7 +73,7 @@ pub fn router(state: AppState) -> Router {
             "/departments",
             get(api::list_departments).post(api::create_department),
         )
-        .route("/departments/{id}", patch(api::rename_department))
+        .route("/departments/{id}", patch(api::update_department))
         .route("/users", get(api::list_users).post(api::create_user))
         .route("/users/{id}", get(api::get_user).patch(api::patch_user))
         .route("/audit", get(api::audit_trail))

@@ -821,3 +821,81 @@ async fn silent_visitors_turn_weak_then_lost_and_come_back_or_time_out() {
     assert_ne!(fresh.body["id"], conv.as_str());
     d.t.stop().await;
 }
+
+both!(department_settings_shape_routing_and_the_prechat_form);
+async fn department_settings_shape_routing_and_the_prechat_form(db: Db) {
+    let d = desk(db, 1, 3, "offer", 30_000).await;
+    let path = format!("/api/departments/{}", d.dept);
+    let r = d
+        ._admin
+        .patch(&path, json!({ "routing_mode": "assign", "offer_timeout_secs": 20, "prechat_fields": { "name": "hidden", "email": "required", "question": "optional" } }))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        (
+            r.body["routing_mode"].as_str(),
+            r.body["offer_timeout_secs"].as_i64()
+        ),
+        (Some("assign"), Some(20))
+    );
+    for (body, code) in [
+        (
+            json!({ "routing_mode": "roundrobin" }),
+            "invalid_routing_mode",
+        ),
+        (json!({ "offer_timeout_secs": 1 }), "out_of_range"),
+        (
+            json!({ "prechat_fields": { "name": "maybe", "email": "required", "question": "optional" } }),
+            "invalid_body",
+        ),
+        (json!({}), "nothing_to_change"),
+    ] {
+        assert_eq!(
+            d._admin.patch(&path, body.clone()).await.code(),
+            code,
+            "{body}"
+        );
+    }
+    // Agents may not change departments.
+    assert_eq!(
+        d.agents[0]
+            .0
+            .patch(&path, json!({ "routing_mode": "offer" }))
+            .await
+            .code(),
+        "forbidden"
+    );
+    // The widget asks what the department asks.
+    let v = VisitorClient::open(&d.t, &d.site_key).await;
+    assert_eq!(
+        v.session["departments"][0]["prechat_fields"],
+        json!({ "name": "hidden", "email": "required", "question": "optional" })
+    );
+    let missing = v
+        .send(
+            "POST",
+            "/api/widget/conversations",
+            Some(json!({ "department_id": d.dept, "name": "Ignored" })),
+        )
+        .await;
+    assert_eq!(
+        (missing.code(), missing.body["field"].as_str()),
+        ("required", Some("email"))
+    );
+    let ok = v
+        .send(
+            "POST",
+            "/api/widget/conversations",
+            Some(json!({ "department_id": d.dept, "name": "Ignored", "email": "x@example.test" })),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+    // Assigned directly, no offer; the hidden name was not kept.
+    assert_eq!(ok.body["status"], "assigned");
+    let detail = d.agents[0]
+        .0
+        .get(&format!("/api/conversations/{}", value_str(&ok.body["id"])))
+        .await;
+    assert!(detail.body["conversation"]["prechat"]["name"].is_null());
+    d.t.stop().await;
+}

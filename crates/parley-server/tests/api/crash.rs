@@ -24,36 +24,66 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(dir: &std::path::Path, port: u16, fault: Option<&str>) -> Node {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_parley"));
-    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("PARLEY_DATA_DIR", dir)
-        .env_remove("PARLEY_DATABASE_URL")
-        .env_remove("PARLEY_MASTER_KEY_FILE")
-        .env("PARLEY_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    match fault {
-        Some(f) => cmd.env("PARLEY_FAULT", f),
-        None => cmd.env_remove("PARLEY_FAULT"),
+/// The environment for `parley` processes of this test: its data directory and, on PostgreSQL,
+/// a database of its own.
+fn env(cmd: &mut Command, dir: &std::path::Path, database_url: Option<&str>) {
+    cmd.env("PARLEY_DATA_DIR", dir)
+        .env_remove("PARLEY_MASTER_KEY_FILE");
+    match database_url {
+        Some(url) => cmd.env("PARLEY_DATABASE_URL", url),
+        None => cmd.env_remove("PARLEY_DATABASE_URL"),
     };
-    Node {
-        child: KillOnDrop(cmd.spawn().unwrap()),
-        base: format!("http://127.0.0.1:{port}"),
-        port,
-    }
 }
 
-async fn wait_ready(n: &Node) {
-    for _ in 0..200 {
-        if let Ok(r) = reqwest::get(format!("{}/readyz", n.base)).await
-            && r.status().is_success()
-        {
-            return;
+/// Start a node on `port` and wait for its own "listening" log line. Another test may have taken
+/// the port meanwhile: then the node exits and the next free port is tried, so a node's address
+/// can change across restarts (clients follow `node.base`).
+async fn start(
+    dir: &std::path::Path,
+    database_url: Option<&str>,
+    port: u16,
+    fault: Option<&str>,
+) -> Node {
+    use std::io::{BufRead, BufReader};
+    let mut port = port;
+    for _ in 0..20 {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_parley"));
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+        env(&mut cmd, dir, database_url);
+        cmd.env("PARLEY_LOG", "info")
+            .env("PARLEY_LOG_FORMAT", "text")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        match fault {
+            Some(f) => cmd.env("PARLEY_FAULT", f),
+            None => cmd.env_remove("PARLEY_FAULT"),
+        };
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let want = format!("listening on http://127.0.0.1:{port}");
+        let listening = tokio::task::spawn_blocking(move || {
+            let mut lines = BufReader::new(stderr).lines();
+            let ok = lines
+                .by_ref()
+                .map_while(Result::ok)
+                .any(|l| l.contains(&want));
+            // Keep draining, so the node never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            ok
+        })
+        .await
+        .unwrap();
+        if listening {
+            return Node {
+                child: KillOnDrop(child),
+                base: format!("http://127.0.0.1:{port}"),
+                port,
+            };
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let _ = child.wait();
+        port = free_port();
     }
-    panic!("node did not become ready");
+    panic!("no node could start");
 }
 
 /// A socket client that records what it saw and re-sends until acknowledged.
@@ -165,29 +195,31 @@ async fn connect_both(
     Some((vws, aws))
 }
 
-#[tokio::test]
-async fn acknowledged_messages_survive_kill_9_at_every_step() {
+crate::both!(acknowledged_messages_survive_kill_9_at_every_step);
+async fn acknowledged_messages_survive_kill_9_at_every_step(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    let pg = match db {
+        Db::Sqlite => None,
+        Db::Postgres => Some(PgDatabase::create().await),
+    };
+    let url = pg.as_ref().map(|p| p.url.clone());
+    let url = url.as_deref();
 
     // Set up a tenant, an online agent and an assigned chat on a clean node.
-    let mut node = start(dir.path(), port, None);
-    wait_ready(&node).await;
-    let out = Command::new(env!("CARGO_BIN_EXE_parley"))
-        .args([
-            "tenant",
-            "create",
-            "--name",
-            "Acme",
-            "--admin-email",
-            "admin@acme.test",
-            "--json",
-        ])
-        .env("PARLEY_DATA_DIR", dir.path())
-        .env_remove("PARLEY_DATABASE_URL")
-        .env_remove("PARLEY_MASTER_KEY_FILE")
-        .output()
-        .unwrap();
+    let mut node = start(dir.path(), url, port, None).await;
+    let mut create = Command::new(env!("CARGO_BIN_EXE_parley"));
+    create.args([
+        "tenant",
+        "create",
+        "--name",
+        "Acme",
+        "--admin-email",
+        "admin@acme.test",
+        "--json",
+    ]);
+    env(&mut create, dir.path(), url);
+    let out = create.output().unwrap();
     let tenant: Value = serde_json::from_slice(&out.stdout).unwrap();
     let admin = Client::new(node.base.clone());
     admin
@@ -267,8 +299,7 @@ async fn acknowledged_messages_survive_kill_9_at_every_step() {
     {
         node.child.0.kill().ok();
         node.child.0.wait().ok();
-        node = start(dir.path(), port, Some(fault));
-        wait_ready(&node).await;
+        node = start(dir.path(), url, node.port, Some(fault)).await;
         let range = phase * 10..phase * 10 + 10;
         // Run until the phase is done or the armed crash kills the node mid-way.
         if let Some((mut vws, mut aws)) = connect_both(&node, &http, &vtoken, &agent).await {
@@ -281,8 +312,7 @@ async fn acknowledged_messages_survive_kill_9_at_every_step() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         if node.child.0.try_wait().unwrap().is_some() {
             crashes += 1;
-            node = start(dir.path(), port, None);
-            wait_ready(&node).await;
+            node = start(dir.path(), url, node.port, None).await;
             let (mut vws, mut aws) = connect_both(&node, &http, &vtoken, &agent)
                 .await
                 .expect("clean node accepts sockets");
@@ -302,10 +332,16 @@ async fn acknowledged_messages_survive_kill_9_at_every_step() {
     assert!(visitor.run(&mut vws, &[]).await);
     assert!(agent_side.run(&mut aws, &[]).await);
 
-    let history = agent.get(&format!("/api/conversations/{conv}")).await.body["events"]
-        .as_array()
+    let history: Value = agent
+        .http
+        .get(format!("{}/api/conversations/{conv}", node.base))
+        .send()
+        .await
         .unwrap()
-        .clone();
+        .json()
+        .await
+        .unwrap();
+    let history = history["events"].as_array().unwrap().clone();
     let seqs: Vec<i64> = history.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert_eq!(
         seqs,
@@ -345,4 +381,8 @@ async fn acknowledged_messages_survive_kill_9_at_every_step() {
     }
     node.child.0.kill().ok();
     node.child.0.wait().ok();
+    drop(node);
+    if let Some(pg) = pg {
+        pg.drop().await;
+    }
 }

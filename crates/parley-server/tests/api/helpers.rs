@@ -449,3 +449,36 @@ pub async fn raw_database_text(t: &TestApp, db: Db) -> String {
     };
     String::from_utf8_lossy(&bytes).into_owned()
 }
+
+/// A PostgreSQL database of its own on the private test server, for one test.
+pub struct PgDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> PgDatabase {
+        let admin = std::env::var("PARLEY_TEST_PG_URL")
+            .expect("PARLEY_TEST_PG_URL is not set: run the tests through scripts/test");
+        let name = format!("parley_t_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        PgDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    pub async fn drop(self) {
+        let admin = std::env::var("PARLEY_TEST_PG_URL").unwrap();
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}

@@ -403,3 +403,31 @@ async fn handle(app: &App, who: &Who, sub: &Subscriber, raw: &str) -> Option<Mes
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_per_ip_are_capped_and_places_come_back() {
+        let limits = Arc::new(SocketLimits::default());
+        let mut held: Vec<SocketPlace> = (0..MAX_SOCKETS_PER_IP)
+            .map(|_| limits.acquire("10.0.0.1").unwrap())
+            .collect();
+        assert!(limits.acquire("10.0.0.1").is_none(), "the cap holds");
+        assert!(
+            limits.acquire("10.0.0.2").is_some(),
+            "other addresses are not affected"
+        );
+        held.pop();
+        assert!(
+            limits.acquire("10.0.0.1").is_some(),
+            "a closed socket frees its place"
+        );
+        drop(held);
+        assert!(
+            limits.per_ip.lock().unwrap().get("10.0.0.1").is_none(),
+            "no entry left behind"
+        );
+    }
+}

@@ -209,7 +209,27 @@ impl App {
         &self,
         cipher: &TenantCipher,
         tenant: TenantId,
-    ) -> Result<HashMap<UserId, String>, AppError> {
+    ) -> Result<Arc<HashMap<UserId, String>>, AppError> {
+        self.agent_names_for(cipher, tenant, &[]).await
+    }
+
+    /// Display names of the tenant's users, decrypted once and cached per node; rebuilt when a
+    /// needed id is missing (a user created elsewhere) or after a change on this node.
+    async fn agent_names_for(
+        &self,
+        cipher: &TenantCipher,
+        tenant: TenantId,
+        needed: &[UserId],
+    ) -> Result<Arc<HashMap<UserId, String>>, AppError> {
+        if let Some(names) = self
+            .names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&tenant)
+            && needed.iter().all(|id| names.contains_key(id))
+        {
+            return Ok(names.clone());
+        }
         let mut names = HashMap::new();
         for u in self.store.list_users(tenant).await? {
             names.insert(
@@ -217,6 +237,11 @@ impl App {
                 cipher.open_string(&crate::directory::name_context(u.id), &u.display_name_ct)?,
             );
         }
+        let names = Arc::new(names);
+        self.names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant, names.clone());
         Ok(names)
     }
 
@@ -315,27 +340,31 @@ impl App {
         let cipher = self.keys.cipher(self.store.as_ref(), tenant).await?;
         let seal_cipher = cipher.clone();
         let plain = body.map(str::to_owned);
-        let sealer = move |seq: i64| {
+        let sealer: parley_core::store::Sealer = std::sync::Arc::new(move |seq: i64| {
             seal_cipher.seal(
                 &body_context(conv, seq),
                 plain.as_deref().unwrap_or_default().as_bytes(),
             )
-        };
+        });
         let appended = self
             .store
-            .append_event(
-                tenant,
-                conv,
-                &event,
-                body.map(|_| &sealer as &(dyn Fn(i64) -> Vec<u8> + Send + Sync)),
-                &transition,
-            )
+            .append_event(tenant, conv, &event, body.map(|_| sealer), &transition)
             .await
             .map_err(AppError::from)
             .map_err(conflict_to_domain)?;
         crate::fault::point("after_commit");
         if !appended.duplicate {
-            let names = self.agent_names(&cipher, tenant).await?;
+            let mut needed = vec![];
+            if let Some(Author::Agent(a)) = Author::parse(&event.author) {
+                needed.push(a);
+            }
+            if let Some(a) = serde_json::from_str::<Value>(&event.data)
+                .ok()
+                .and_then(|d| d["agent_id"].as_str().and_then(|s| s.parse().ok()))
+            {
+                needed.push(a);
+            }
+            let names = self.agent_names_for(&cipher, tenant, &needed).await?;
             let record = EventRecord {
                 conversation: conv,
                 seq: appended.seq,

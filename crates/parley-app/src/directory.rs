@@ -669,6 +669,7 @@ impl App {
         self.store
             .update_user(a.tenant, id, &changes, self.now(), &event)
             .await?;
+        self.forget_names(a.tenant);
         let u = self
             .store
             .user(a.tenant, id)

@@ -36,6 +36,16 @@ use parley_core::store::Store;
 use parley_core::{Clock, TenantId, Timestamp};
 use std::sync::Arc;
 
+/// Decrypted display names per tenant, shared by the node's requests.
+pub(crate) type NameCache = Arc<
+    std::sync::Mutex<
+        std::collections::HashMap<
+            TenantId,
+            Arc<std::collections::HashMap<parley_core::UserId, String>>,
+        >,
+    >,
+>;
+
 /// The real clock.
 #[derive(Debug, Default)]
 pub struct SystemClock;
@@ -58,6 +68,8 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     pub throttle: Arc<Throttle>,
     pub hub: Arc<Hub>,
+    /// Decrypted display names per tenant, for chat events (see `chat::agent_names_for`).
+    pub(crate) names: NameCache,
 }
 
 impl App {
@@ -68,7 +80,16 @@ impl App {
             clock,
             throttle: Arc::new(Throttle::default()),
             hub: Arc::new(Hub::default()),
+            names: Arc::default(),
         }
+    }
+
+    /// Forget cached display names of a tenant (after a user changed on this node).
+    pub(crate) fn forget_names(&self, tenant: TenantId) {
+        self.names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&tenant);
     }
 
     pub fn now(&self) -> Timestamp {

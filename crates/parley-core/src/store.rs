@@ -304,7 +304,7 @@ pub struct NewEvent {
 
 /// Seals an event's body once its sequence number is known, so the ciphertext's associated data
 /// can bind tenant, conversation and sequence number.
-pub type Sealer<'a> = &'a (dyn Fn(i64) -> Vec<u8> + Send + Sync);
+pub type Sealer = std::sync::Arc<dyn Fn(i64) -> Vec<u8> + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub struct EventRecord {
@@ -425,7 +425,10 @@ pub trait ChatStore: Send + Sync {
         limit: i64,
     ) -> StoreResult<Vec<ConversationRecord>>;
 
-    /// Append an event (with a state change) durably. With a `client_msg_id` already stored for
+    /// Append an event (with a state change) durably: answered only once the transaction holding
+    /// it has committed. Appends arriving together are committed together (group commit: one
+    /// transaction, one fsync), each in its own savepoint so one failing leaves the others alone.
+    /// With a `client_msg_id` already stored for
     /// the conversation, nothing is written and the original sequence number comes back.
     /// An ended conversation takes no more events: `Conflict("conversation_ended")`. A transition
     /// whose condition no longer holds: `Conflict("not_queued" | "capacity" | "not_assigned")`.
@@ -434,7 +437,7 @@ pub trait ChatStore: Send + Sync {
         tenant: TenantId,
         conversation: ConversationId,
         event: &NewEvent,
-        body: Option<Sealer<'_>>,
+        body: Option<Sealer>,
         transition: &Transition,
     ) -> StoreResult<Appended>;
     /// Events after `after_seq`, in order, at most `limit`.

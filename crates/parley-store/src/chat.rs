@@ -17,6 +17,7 @@ use parley_core::store::{
 use parley_core::{ConversationId, DepartmentId, OfflineMessageId, TenantId, Timestamp, UserId};
 use sqlx::Row;
 use sqlx::any::AnyRow;
+use tokio::sync::{mpsc, oneshot};
 
 const CONVERSATION_COLUMNS: &str = "tenant_id, id, visitor_id, department_id, status, agent_id, offered_to, \
      offer_expires_at, declined_by, prechat_ct, last_seq, created_at, queued_at, ended_at, visitor_state, visitor_seen_at";
@@ -375,160 +376,25 @@ impl ChatStore for SqlStore {
         tenant: TenantId,
         cid: ConversationId,
         event: &NewEvent,
-        body: Option<Sealer<'_>>,
+        body: Option<Sealer>,
         transition: &Transition,
     ) -> StoreResult<Appended> {
-        let mut tx = self.begin_write().await?;
-        if let Some(client_id) = &event.client_msg_id {
-            let existing = sqlx::query("SELECT seq, at FROM conversation_events WHERE tenant_id = $1 AND conversation_id = $2 AND client_msg_id = $3")
-                .bind(tenant.to_string())
-                .bind(cid.to_string())
-                .bind(client_id.clone())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
-            if let Some(r) = existing {
-                return Ok(Appended {
-                    seq: r.try_get("seq").map_err(db)?,
-                    at: Timestamp(r.try_get("at").map_err(db)?),
-                    duplicate: true,
-                });
-            }
-        }
-        // Allocating the sequence number also locks the conversation row until commit.
-        let row = sqlx::query(&format!(
-            "UPDATE conversations SET last_seq = last_seq + 1 WHERE tenant_id = $1 AND id = $2 AND status <> 'ended' \
-             RETURNING {CONVERSATION_COLUMNS}"
-        ))
-        .bind(tenant.to_string())
-        .bind(cid.to_string())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?;
-        let Some(row) = row else {
-            drop(tx);
-            return Err(match self.conversation(tenant, cid).await? {
-                Some(_) => StoreError::Conflict("conversation_ended"),
-                None => StoreError::NotFound,
-            });
+        let (reply, answer) = oneshot::channel();
+        let request = AppendRequest {
+            tenant,
+            conversation: cid,
+            event: event.clone(),
+            body,
+            transition: transition.clone(),
+            reply,
         };
-        let conv = conversation_row(&row)?;
-        let seq = conv.last_seq;
-        let now = event.at;
-        let set = |sql: &'static str| sqlx::query(sql);
-        match transition {
-            Transition::None => {}
-            Transition::Assign {
-                agent,
-                require_offer,
-            } => {
-                if conv.status != ConversationStatus::Queued
-                    || (*require_offer && conv.offered_to != Some(*agent))
-                {
-                    return Err(StoreError::Conflict("not_queued"));
-                }
-                if !take_slot(&mut tx, tenant, *agent, now).await? {
-                    return Err(StoreError::Conflict("capacity"));
-                }
-                set("UPDATE conversations SET status = 'assigned', agent_id = $1, offered_to = NULL, offer_expires_at = NULL WHERE tenant_id = $2 AND id = $3")
-                    .bind(agent.to_string())
-                    .bind(tenant.to_string())
-                    .bind(cid.to_string())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
-            }
-            Transition::Requeue { decline } => {
-                if let Some(a) = conv.agent {
-                    release_slot(&mut tx, tenant, a, now).await?;
-                }
-                let mut declined = conv.declined_by.clone();
-                if let Some(d) = decline
-                    && !declined.contains(d)
-                {
-                    declined.push(*d);
-                }
-                set("UPDATE conversations SET status = 'queued', agent_id = NULL, offered_to = NULL, offer_expires_at = NULL, declined_by = $1 \
-                     WHERE tenant_id = $2 AND id = $3")
-                .bind(ids_json(&declined))
-                .bind(tenant.to_string())
-                .bind(cid.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-            }
-            Transition::Transfer { department, agent } => {
-                if let Some(a) = conv.agent {
-                    release_slot(&mut tx, tenant, a, now).await?;
-                }
-                match agent {
-                    Some(to) => {
-                        if !take_slot(&mut tx, tenant, *to, now).await? {
-                            return Err(StoreError::Conflict("capacity"));
-                        }
-                        set("UPDATE conversations SET status = 'assigned', agent_id = $1, department_id = $2, offered_to = NULL, \
-                             offer_expires_at = NULL WHERE tenant_id = $3 AND id = $4")
-                        .bind(to.to_string())
-                        .bind(department.to_string())
-                        .bind(tenant.to_string())
-                        .bind(cid.to_string())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| db_write(e, "department"))?;
-                    }
-                    None => {
-                        set("UPDATE conversations SET status = 'queued', agent_id = NULL, department_id = $1, offered_to = NULL, \
-                             offer_expires_at = NULL, declined_by = $2, queued_at = $3 WHERE tenant_id = $4 AND id = $5")
-                        .bind(department.to_string())
-                        .bind(ids_json(&conv.agent.into_iter().collect::<Vec<_>>()))
-                        .bind(now.0)
-                        .bind(tenant.to_string())
-                        .bind(cid.to_string())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| db_write(e, "department"))?;
-                    }
-                }
-            }
-            Transition::End => {
-                if let Some(a) = conv.agent {
-                    release_slot(&mut tx, tenant, a, now).await?;
-                }
-                set("UPDATE conversations SET status = 'ended', ended_at = $1, offered_to = NULL, offer_expires_at = NULL WHERE tenant_id = $2 AND id = $3")
-                    .bind(now.0)
-                    .bind(tenant.to_string())
-                    .bind(cid.to_string())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
-            }
-            Transition::VisitorState { from, to } => {
-                if conv.visitor_state != *from {
-                    return Err(StoreError::Conflict("state_changed"));
-                }
-                let seen = if *to == VisitorConnection::Connected {
-                    now.0
-                } else {
-                    conv.visitor_seen_at.0
-                };
-                set("UPDATE conversations SET visitor_state = $1, visitor_seen_at = $2 WHERE tenant_id = $3 AND id = $4")
-                    .bind(to.as_str())
-                    .bind(seen)
-                    .bind(tenant.to_string())
-                    .bind(cid.to_string())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
-            }
-        }
-        let body_ct = body.map(|seal| seal(seq));
-        insert_event(&mut tx, tenant, cid, seq, event, body_ct).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(Appended {
-            seq,
-            at: event.at,
-            duplicate: false,
-        })
+        self.appender
+            .send(request)
+            .await
+            .map_err(|_| StoreError::Backend("the append writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the append writer has stopped".into()))?
     }
 
     async fn events(
@@ -893,4 +759,250 @@ async fn insert_event(
     .await
     .map_err(|err| db_write(err, "client_msg_id"))?;
     Ok(())
+}
+
+/// One append waiting for the writer.
+pub(crate) struct AppendRequest {
+    tenant: TenantId,
+    conversation: ConversationId,
+    event: NewEvent,
+    body: Option<Sealer>,
+    transition: Transition,
+    reply: oneshot::Sender<StoreResult<Appended>>,
+}
+
+/// Appends waiting at once are committed together, up to this many.
+const MAX_BATCH: usize = 512;
+
+/// The group-commit writer: takes every append waiting at that moment (at least one), runs each in
+/// its own savepoint of one transaction, commits once, and only then answers each. While it
+/// commits, the next batch gathers, so batches grow with the load and no timer adds latency.
+pub(crate) async fn append_writer(store: SqlStore, mut requests: mpsc::Receiver<AppendRequest>) {
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        match commit_batch(&store, &batch).await {
+            Ok(results) => {
+                for (request, result) in batch.into_iter().zip(results) {
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for request in batch {
+                    let _ = request
+                        .reply
+                        .send(Err(StoreError::Backend(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+async fn commit_batch(
+    store: &SqlStore,
+    batch: &[AppendRequest],
+) -> StoreResult<Vec<StoreResult<Appended>>> {
+    let mut tx = store.begin_write().await?;
+    let mut results = Vec::with_capacity(batch.len());
+    for r in batch {
+        sqlx::query("SAVEPOINT append")
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let result = append_in_tx(
+            &mut tx,
+            r.tenant,
+            r.conversation,
+            &r.event,
+            r.body.as_ref(),
+            &r.transition,
+        )
+        .await;
+        if result.is_err() {
+            sqlx::query("ROLLBACK TO SAVEPOINT append")
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        sqlx::query("RELEASE SAVEPOINT append")
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        results.push(result);
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(results)
+}
+
+/// One append inside the writer's transaction.
+async fn append_in_tx(
+    tx: &mut Tx,
+    tenant: TenantId,
+    cid: ConversationId,
+    event: &NewEvent,
+    body: Option<&Sealer>,
+    transition: &Transition,
+) -> StoreResult<Appended> {
+    if let Some(client_id) = &event.client_msg_id {
+        let existing = sqlx::query("SELECT seq, at FROM conversation_events WHERE tenant_id = $1 AND conversation_id = $2 AND client_msg_id = $3")
+                .bind(tenant.to_string())
+                .bind(cid.to_string())
+                .bind(client_id.clone())
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(db)?;
+        if let Some(r) = existing {
+            return Ok(Appended {
+                seq: r.try_get("seq").map_err(db)?,
+                at: Timestamp(r.try_get("at").map_err(db)?),
+                duplicate: true,
+            });
+        }
+    }
+    // Allocating the sequence number also locks the conversation row until commit.
+    let row = sqlx::query(&format!(
+            "UPDATE conversations SET last_seq = last_seq + 1 WHERE tenant_id = $1 AND id = $2 AND status <> 'ended' \
+             RETURNING {CONVERSATION_COLUMNS}"
+        ))
+        .bind(tenant.to_string())
+        .bind(cid.to_string())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?;
+    let Some(row) = row else {
+        let exists =
+            sqlx::query("SELECT 1 AS one FROM conversations WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant.to_string())
+                .bind(cid.to_string())
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(db)?;
+        return Err(if exists.is_some() {
+            StoreError::Conflict("conversation_ended")
+        } else {
+            StoreError::NotFound
+        });
+    };
+    let conv = conversation_row(&row)?;
+    let seq = conv.last_seq;
+    let now = event.at;
+    let set = |sql: &'static str| sqlx::query(sql);
+    match transition {
+        Transition::None => {}
+        Transition::Assign {
+            agent,
+            require_offer,
+        } => {
+            if conv.status != ConversationStatus::Queued
+                || (*require_offer && conv.offered_to != Some(*agent))
+            {
+                return Err(StoreError::Conflict("not_queued"));
+            }
+            if !take_slot(tx, tenant, *agent, now).await? {
+                return Err(StoreError::Conflict("capacity"));
+            }
+            set("UPDATE conversations SET status = 'assigned', agent_id = $1, offered_to = NULL, offer_expires_at = NULL WHERE tenant_id = $2 AND id = $3")
+                    .bind(agent.to_string())
+                    .bind(tenant.to_string())
+                    .bind(cid.to_string())
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+        }
+        Transition::Requeue { decline } => {
+            if let Some(a) = conv.agent {
+                release_slot(tx, tenant, a, now).await?;
+            }
+            let mut declined = conv.declined_by.clone();
+            if let Some(d) = decline
+                && !declined.contains(d)
+            {
+                declined.push(*d);
+            }
+            set("UPDATE conversations SET status = 'queued', agent_id = NULL, offered_to = NULL, offer_expires_at = NULL, declined_by = $1 \
+                     WHERE tenant_id = $2 AND id = $3")
+                .bind(ids_json(&declined))
+                .bind(tenant.to_string())
+                .bind(cid.to_string())
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+        }
+        Transition::Transfer { department, agent } => {
+            if let Some(a) = conv.agent {
+                release_slot(tx, tenant, a, now).await?;
+            }
+            match agent {
+                Some(to) => {
+                    if !take_slot(tx, tenant, *to, now).await? {
+                        return Err(StoreError::Conflict("capacity"));
+                    }
+                    set("UPDATE conversations SET status = 'assigned', agent_id = $1, department_id = $2, offered_to = NULL, \
+                             offer_expires_at = NULL WHERE tenant_id = $3 AND id = $4")
+                        .bind(to.to_string())
+                        .bind(department.to_string())
+                        .bind(tenant.to_string())
+                        .bind(cid.to_string())
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(|e| db_write(e, "department"))?;
+                }
+                None => {
+                    set("UPDATE conversations SET status = 'queued', agent_id = NULL, department_id = $1, offered_to = NULL, \
+                             offer_expires_at = NULL, declined_by = $2, queued_at = $3 WHERE tenant_id = $4 AND id = $5")
+                        .bind(department.to_string())
+                        .bind(ids_json(&conv.agent.into_iter().collect::<Vec<_>>()))
+                        .bind(now.0)
+                        .bind(tenant.to_string())
+                        .bind(cid.to_string())
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(|e| db_write(e, "department"))?;
+                }
+            }
+        }
+        Transition::End => {
+            if let Some(a) = conv.agent {
+                release_slot(tx, tenant, a, now).await?;
+            }
+            set("UPDATE conversations SET status = 'ended', ended_at = $1, offered_to = NULL, offer_expires_at = NULL WHERE tenant_id = $2 AND id = $3")
+                    .bind(now.0)
+                    .bind(tenant.to_string())
+                    .bind(cid.to_string())
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+        }
+        Transition::VisitorState { from, to } => {
+            if conv.visitor_state != *from {
+                return Err(StoreError::Conflict("state_changed"));
+            }
+            let seen = if *to == VisitorConnection::Connected {
+                now.0
+            } else {
+                conv.visitor_seen_at.0
+            };
+            set("UPDATE conversations SET visitor_state = $1, visitor_seen_at = $2 WHERE tenant_id = $3 AND id = $4")
+                    .bind(to.as_str())
+                    .bind(seen)
+                    .bind(tenant.to_string())
+                    .bind(cid.to_string())
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+        }
+    }
+    let body_ct = body.map(|seal| seal(seq));
+    insert_event(tx, tenant, cid, seq, event, body_ct).await?;
+    Ok(Appended {
+        seq,
+        at: event.at,
+        duplicate: false,
+    })
 }

@@ -46,6 +46,8 @@ const SQLITE_PRAGMAS: &[&str] = &[
 pub struct SqlStore {
     pub(crate) pool: AnyPool,
     pub(crate) backend: Backend,
+    /// The group-commit writer's queue (see `chat::append_writer`).
+    pub(crate) appender: tokio::sync::mpsc::Sender<crate::chat::AppendRequest>,
 }
 
 pub(crate) fn db(e: sqlx::Error) -> StoreError {
@@ -310,7 +312,21 @@ impl SqlStore {
             .connect(&url)
             .await
             .map_err(|e| StoreError::Backend(format!("cannot open the database: {e}")))?;
-        Ok(SqlStore { pool, backend })
+        let (appender, requests) = tokio::sync::mpsc::channel(4096);
+        let store = SqlStore {
+            pool,
+            backend,
+            appender,
+        };
+        // The writer holds a store without a queue of its own, so dropping every handle of the
+        // store ends it.
+        let writer_store = SqlStore {
+            pool: store.pool.clone(),
+            backend,
+            appender: tokio::sync::mpsc::channel(1).0,
+        };
+        tokio::spawn(crate::chat::append_writer(writer_store, requests));
+        Ok(store)
     }
 
     pub fn pool(&self) -> &AnyPool {

@@ -86,6 +86,7 @@ scenario!(offers_lapse_and_count_as_load);
 scenario!(transfer_requeue_and_end_move_slots);
 scenario!(visitors_offline_messages_and_isolation);
 scenario!(visitor_liveness_moves_once_per_state);
+scenario!(appends_committed_together_fail_alone);
 
 fn event(tenant: TenantId, action: &'static str) -> AuditEvent {
     AuditEvent {
@@ -257,7 +258,8 @@ mod scenarios {
     pub async fn conversation_log_is_gapless_and_idempotent(store: SqlStore) {
         let c = chat_setup(&store, "acme", 1, 2).await;
         let conv = new_conversation(&store, &c).await;
-        let seal = |seq: i64| format!("sealed-{seq}").into_bytes();
+        let seal: parley_core::store::Sealer =
+            std::sync::Arc::new(|seq: i64| format!("sealed-{seq}").into_bytes());
         let mut seqs = vec![];
         for i in 0..5 {
             let a = store
@@ -265,7 +267,7 @@ mod scenarios {
                     c.tenant,
                     conv,
                     &new_event(EventKind::Message, Some(&format!("m{i}"))),
-                    Some(&seal),
+                    Some(seal.clone()),
                     &Transition::None,
                 )
                 .await
@@ -280,7 +282,7 @@ mod scenarios {
                 c.tenant,
                 conv,
                 &new_event(EventKind::Message, Some("m2")),
-                Some(&seal),
+                Some(seal.clone()),
                 &Transition::None,
             )
             .await
@@ -318,7 +320,7 @@ mod scenarios {
                     c.tenant,
                     conv,
                     &new_event(EventKind::Message, Some("late")),
-                    Some(&seal),
+                    Some(seal.clone()),
                     &Transition::None
                 )
                 .await,
@@ -1272,6 +1274,70 @@ mod scenarios {
                 .await
                 .unwrap(),
             None
+        );
+    }
+
+    pub async fn appends_committed_together_fail_alone(store: SqlStore) {
+        let c = chat_setup(&store, "acme", 1, 1).await;
+        let mut convs = vec![];
+        for _ in 0..4 {
+            convs.push(new_conversation(&store, &c).await);
+        }
+        let ended = convs[3];
+        store
+            .append_event(
+                c.tenant,
+                ended,
+                &new_event(EventKind::Ended, None),
+                None,
+                &Transition::End,
+            )
+            .await
+            .unwrap();
+        // Many appends at once: they share transactions; the ones to the ended chat and the
+        // resends fail or dedupe alone, the rest all land, gapless.
+        let mut tasks = vec![];
+        for i in 0..80 {
+            let (s, t, conv) = (store.clone(), c.tenant, convs[i % 4]);
+            let id = format!("m{}", i % 60);
+            tasks.push(tokio::spawn(async move {
+                (
+                    conv,
+                    s.append_event(
+                        t,
+                        conv,
+                        &new_event(EventKind::Message, Some(&id)),
+                        None,
+                        &Transition::None,
+                    )
+                    .await,
+                )
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            let (conv, r) = t.await.unwrap();
+            match r {
+                Ok(_) => ok += 1,
+                Err(StoreError::Conflict("conversation_ended")) => assert_eq!(conv, ended),
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert_eq!(ok, 60, "20 appends went to the ended chat");
+        for conv in &convs[..3] {
+            let events = store.events(c.tenant, *conv, 0, 1000).await.unwrap();
+            let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+            let ids: std::collections::HashSet<_> = events
+                .iter()
+                .filter_map(|e| e.client_msg_id.clone())
+                .collect();
+            assert_eq!(ids.len(), events.len() - 1, "each client id stored once");
+        }
+        assert_eq!(
+            store.events(c.tenant, ended, 0, 1000).await.unwrap().len(),
+            2,
+            "started and ended only"
         );
     }
 }

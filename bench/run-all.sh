@@ -38,3 +38,4 @@ for target in ["parley-sqlite", "relay"]:
         achieved = statistics.median(r["steps"][i]["achieved_per_sec"] for r in runs)
         print(f"  offered {step['offered_per_sec']:>6}/s  achieved {achieved:>8.0f}/s  ack p99 {p99:>8.2f} ms")
 PY
+python3 bench/chart.py "$out" docs/benchmarks-sweep.svg

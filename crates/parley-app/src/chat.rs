@@ -245,6 +245,28 @@ impl App {
         Ok(names)
     }
 
+    /// `unknown_department` unless the department exists in the tenant.
+    async fn ensure_department(
+        &self,
+        tenant: TenantId,
+        department: DepartmentId,
+    ) -> Result<(), AppError> {
+        if self
+            .store
+            .list_departments(tenant)
+            .await?
+            .iter()
+            .any(|d| d.id == department)
+        {
+            Ok(())
+        } else {
+            Err(
+                DomainError::new("department_id", "unknown_department", "no such department")
+                    .into(),
+            )
+        }
+    }
+
     fn conversation_view(
         &self,
         cipher: &TenantCipher,
@@ -765,20 +787,7 @@ impl App {
         let email = EmailAddress::parse(email)?;
         let message = MessageBody::parse(message)
             .map_err(|e| DomainError::new("message", e.code, e.message))?;
-        if !self
-            .store
-            .list_departments(v.tenant)
-            .await?
-            .iter()
-            .any(|d| d.id == department)
-        {
-            return Err(DomainError::new(
-                "department_id",
-                "unknown_department",
-                "no such department",
-            )
-            .into());
-        }
+        self.ensure_department(v.tenant, department).await?;
         let cipher = self.keys.cipher(self.store.as_ref(), v.tenant).await?;
         let id = OfflineMessageId::from_uuid(self.new_id());
         let content =
@@ -1058,20 +1067,7 @@ impl App {
                 (department, Some(u))
             }
             TransferTarget::Department(d) => {
-                if !self
-                    .store
-                    .list_departments(a.tenant)
-                    .await?
-                    .iter()
-                    .any(|x| x.id == d)
-                {
-                    return Err(DomainError::new(
-                        "department_id",
-                        "unknown_department",
-                        "no such department",
-                    )
-                    .into());
-                }
+                self.ensure_department(a.tenant, d).await?;
                 (d, None)
             }
         };

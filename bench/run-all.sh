@@ -12,6 +12,8 @@ rates=${RATES:-300,1000,1500,2000,3000}
 pairs=${PAIRS:-400}
 step=${STEP_SECS:-5}
 pin() { if command -v taskset >/dev/null; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
+relay=""
+trap '[ -n "$relay" ] && kill "$relay" 2>/dev/null; true' EXIT
 
 for run in 1 2 3; do
   echo "== run $run: Parley (SQLite, one node)"
@@ -19,12 +21,17 @@ for run in 1 2 3; do
     --rates "$rates" --step-secs "$step" --json >"$out/sweep-parley-sqlite-$run.json"
   echo "== run $run: relay (no storage, auth or encryption)"
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  pin 0 "$bin/parley-load" relay --listen "127.0.0.1:$port" 2>/dev/null &
+  # Started directly (not through a shell function) so that $! is the relay itself.
+  if command -v taskset >/dev/null; then
+    taskset -c 0 "$bin/parley-load" relay --listen "127.0.0.1:$port" 2>/dev/null &
+  else
+    "$bin/parley-load" relay --listen "127.0.0.1:$port" 2>/dev/null &
+  fi
   relay=$!
   sleep 0.3
   pin 1 "$bin/parley-load" sweep --relay "ws://127.0.0.1:$port/ws" --pairs "$pairs" \
     --rates "${RELAY_RATES:-$rates,10000,20000}" --step-secs "$step" --json >"$out/sweep-relay-$run.json"
-  kill "$relay"
+  kill "$relay"; relay=""
 done
 python3 - "$out" <<'PY'
 import glob, json, statistics, sys

@@ -394,12 +394,14 @@ impl App {
                 at: appended.at,
                 author: event.author.clone(),
                 client_msg_id: event.client_msg_id.clone(),
-                body_ct: body.map(|b| cipher.seal(&body_context(conv, appended.seq), b.as_bytes())),
+                body_ct: None,
                 data: event.data.clone(),
             };
+            // The live form carries the plaintext we already have (no seal/open round trip);
+            // a transfer note stays in the store for agents who open the chat.
             let mut view = self.event_view(&cipher, &record, &names, false)?;
-            if event.kind == EventKind::Transferred {
-                view.body = None; // the note stays in the store for agents who open the chat
+            if event.kind != EventKind::Transferred {
+                view.body = body.map(str::to_owned);
             }
             self.publish_event(tenant, &view);
             crate::fault::point("after_publish");

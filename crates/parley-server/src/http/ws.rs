@@ -259,8 +259,9 @@ async fn run(app: App, mut socket: WebSocket) {
                     if socket.send(error_frame("rate_limited", "slow down: too many frames per second")).await.is_err() { break }
                     continue;
                 }
+                let frame = serde_json::from_str::<ClientFrame>(&raw).ok();
                 if let Who::Visitor(_) = &who
-                    && let Ok(ClientFrame::Resume { conversation_id, .. }) = serde_json::from_str::<ClientFrame>(&raw)
+                    && let Some(ClientFrame::Resume { conversation_id, .. }) = &frame
                     && let Ok(c) = conversation_id.parse::<ConversationId>()
                     && !watched.contains(&c)
                     && watched.len() < 8
@@ -268,7 +269,7 @@ async fn run(app: App, mut socket: WebSocket) {
                     watched.push(c);
                     last_alive = last_heard - ALIVE_EVERY;
                 }
-                let reply = handle(&app, &who, &sub, &raw).await;
+                let reply = handle(&app, &who, &sub, frame).await;
                 // A visitor's frames are their heartbeat (written at most every few seconds).
                 if let Who::Visitor(v) = &who
                     && last_heard.duration_since(last_alive) >= ALIVE_EVERY
@@ -325,10 +326,15 @@ async fn run(app: App, mut socket: WebSocket) {
     app.hub.unsubscribe_all(sub.id);
 }
 
-async fn handle(app: &App, who: &Who, sub: &Subscriber, raw: &str) -> Option<Message> {
-    let frame = match serde_json::from_str::<ClientFrame>(raw) {
-        Ok(f) => f,
-        Err(_) => {
+async fn handle(
+    app: &App,
+    who: &Who,
+    sub: &Subscriber,
+    frame: Option<ClientFrame>,
+) -> Option<Message> {
+    let frame = match frame {
+        Some(f) => f,
+        None => {
             return Some(error_frame(
                 "bad_frame",
                 "unknown or malformed frame; see docs/PROTOCOL.md",

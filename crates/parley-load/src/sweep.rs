@@ -78,7 +78,7 @@ struct Pair {
 struct Server {
     child: Child,
     base: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     bin: std::path::PathBuf,
 }
 
@@ -132,7 +132,7 @@ fn spawn_server(args: &SweepArgs) -> Result<Server, String> {
     Ok(Server {
         child,
         base,
-        _dir: dir,
+        dir,
         bin,
     })
 }
@@ -292,7 +292,7 @@ async fn setup_parley(
             "admin@bench.test",
             "--json",
         ])
-        .env("PARLEY_DATA_DIR", server._dir.path())
+        .env("PARLEY_DATA_DIR", server.dir.path())
         .env_remove("PARLEY_DATABASE_URL")
         .env_remove("PARLEY_MASTER_KEY_FILE")
         .env("PARLEY_LOG", "warn")

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 pub struct Desk {
     pub t: TestApp,
     pub site_key: String,
-    pub _admin: Client,
+    pub admin: Client,
     pub dept: String,
     pub agents: Vec<(Client, String)>,
 }
@@ -73,7 +73,7 @@ pub async fn desk(db: Db, n: usize, capacity: i64, mode: &str, timeout_ms: i64) 
     Desk {
         t,
         site_key: acme.site_key,
-        _admin: admin,
+        admin,
         dept,
         agents,
     }
@@ -667,7 +667,7 @@ async fn chats_never_cross_tenants(db: Db) {
 #[tokio::test]
 async fn the_widget_frame_is_framed_only_by_allowed_sites() {
     let d = desk(Db::Sqlite, 1, 2, "assign", 30_000).await;
-    d._admin
+    d.admin
         .patch(
             "/api/site",
             json!({ "allowed_origins": ["https://shop.acme.test"] }),
@@ -827,7 +827,7 @@ async fn department_settings_shape_routing_and_the_prechat_form(db: Db) {
     let d = desk(db, 1, 3, "offer", 30_000).await;
     let path = format!("/api/departments/{}", d.dept);
     let r = d
-        ._admin
+        .admin
         .patch(&path, json!({ "routing_mode": "assign", "offer_timeout_secs": 20, "prechat_fields": { "name": "hidden", "email": "required", "question": "optional" } }))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
@@ -851,7 +851,7 @@ async fn department_settings_shape_routing_and_the_prechat_form(db: Db) {
         (json!({}), "nothing_to_change"),
     ] {
         assert_eq!(
-            d._admin.patch(&path, body.clone()).await.code(),
+            d.admin.patch(&path, body.clone()).await.code(),
             code,
             "{body}"
         );

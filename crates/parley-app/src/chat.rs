@@ -1121,14 +1121,7 @@ impl App {
     ) -> Result<Vec<ConversationView>, AppError> {
         self.authorize(s, Permission::UseConsole, None).await?;
         let a = &s.actor;
-        let scope: Option<Vec<DepartmentId>> = if matches!(
-            a.role,
-            parley_core::Role::SiteAdmin | parley_core::Role::SiteManager
-        ) {
-            None
-        } else {
-            Some(a.departments.clone())
-        };
+        let scope = a.department_scope();
         let limit = limit.clamp(1, 100);
         let query = query
             .map(|q| q.trim().to_lowercase())
@@ -1139,7 +1132,7 @@ impl App {
             .store
             .ended_conversations(
                 a.tenant,
-                scope.as_deref(),
+                scope,
                 Timestamp(before.unwrap_or(i64::MAX)),
                 window,
             )
@@ -1187,17 +1180,10 @@ impl App {
     pub async fn offline_messages(&self, s: &Session) -> Result<Vec<OfflineMessageView>, AppError> {
         self.authorize(s, Permission::UseConsole, None).await?;
         let a = &s.actor;
-        let scope: Option<Vec<DepartmentId>> = if matches!(
-            a.role,
-            parley_core::Role::SiteAdmin | parley_core::Role::SiteManager
-        ) {
-            None
-        } else {
-            Some(a.departments.clone())
-        };
+        let scope = a.department_scope();
         let cipher = self.keys.cipher(self.store.as_ref(), a.tenant).await?;
         self.store
-            .offline_messages(a.tenant, scope.as_deref(), 200)
+            .offline_messages(a.tenant, scope, 200)
             .await?
             .iter()
             .map(|m| {
@@ -1233,10 +1219,6 @@ impl App {
     ) -> Result<(), AppError> {
         self.authorize(s, Permission::UseConsole, ip).await?;
         let a = &s.actor;
-        let visible = self.offline_messages(s).await?.iter().any(|m| m.id == id);
-        if !visible {
-            return Err(AppError::NotFound);
-        }
         let audit = self.audit_event(
             a.tenant,
             AuditActor::User(a.user),
@@ -1246,7 +1228,14 @@ impl App {
             json!({}),
         );
         self.store
-            .mark_offline_message_handled(a.tenant, id, a.user, self.now(), &audit)
+            .mark_offline_message_handled(
+                a.tenant,
+                id,
+                a.department_scope(),
+                a.user,
+                self.now(),
+                &audit,
+            )
             .await?;
         Ok(())
     }

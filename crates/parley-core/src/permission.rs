@@ -138,7 +138,15 @@ impl Actor {
 
     /// Whether this actor's scope covers a department: site-wide roles cover all, others their own.
     pub fn covers_department(&self, d: crate::DepartmentId) -> bool {
-        matches!(self.role, Role::SiteAdmin | Role::SiteManager) || self.departments.contains(&d)
+        self.department_scope().is_none_or(|own| own.contains(&d))
+    }
+
+    /// The departments this actor's chat views cover: `None` for site-wide roles (all of them).
+    pub fn department_scope(&self) -> Option<&[DepartmentId]> {
+        match self.role {
+            Role::SiteAdmin | Role::SiteManager => None,
+            Role::DepartmentManager | Role::Agent => Some(&self.departments),
+        }
     }
 
     /// Whether this actor may see a user with the given departments. Site-wide roles see everyone;

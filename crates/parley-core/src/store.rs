@@ -516,10 +516,12 @@ pub trait ChatStore: Send + Sync {
         departments: Option<&[DepartmentId]>,
         limit: i64,
     ) -> StoreResult<Vec<OfflineMessageRecord>>;
+    /// Mark a message handled, if it belongs to one of `departments` (`None`: any of the tenant's).
     async fn mark_offline_message_handled(
         &self,
         tenant: TenantId,
         id: OfflineMessageId,
+        departments: Option<&[DepartmentId]>,
         by: UserId,
         at: Timestamp,
         audit: &AuditEvent,

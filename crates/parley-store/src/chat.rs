@@ -713,19 +713,29 @@ impl ChatStore for SqlStore {
         &self,
         tenant: TenantId,
         mid: OfflineMessageId,
+        departments: Option<&[DepartmentId]>,
         by: UserId,
         at: Timestamp,
         audit: &AuditEvent,
     ) -> StoreResult<()> {
-        let mut tx = self.begin_write().await?;
-        let r = sqlx::query("UPDATE offline_messages SET handled_at = $1, handled_by = $2 WHERE tenant_id = $3 AND id = $4")
+        let filter = match departments {
+            Some([]) => return Err(StoreError::NotFound),
+            Some(d) => format!("AND department_id IN ({})", placeholders(5, d.len())),
+            None => String::new(),
+        };
+        let sql = format!(
+            "UPDATE offline_messages SET handled_at = $1, handled_by = $2 WHERE tenant_id = $3 AND id = $4 {filter}"
+        );
+        let mut q = sqlx::query(&sql)
             .bind(at.0)
             .bind(by.to_string())
             .bind(tenant.to_string())
-            .bind(mid.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+            .bind(mid.to_string());
+        for d in departments.unwrap_or_default() {
+            q = q.bind(d.to_string());
+        }
+        let mut tx = self.begin_write().await?;
+        let r = q.execute(&mut *tx).await.map_err(db)?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }

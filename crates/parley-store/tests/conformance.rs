@@ -750,9 +750,24 @@ mod scenarios {
                 .mark_offline_message_handled(
                     other.tenant,
                     m.id,
+                    None,
                     other.agents[0],
                     Timestamp(10),
                     &event(other.tenant, "offline_message.handled")
+                )
+                .await,
+            Err(StoreError::NotFound)
+        ));
+        // Another department's scope does not reach it.
+        assert!(matches!(
+            store
+                .mark_offline_message_handled(
+                    c.tenant,
+                    m.id,
+                    Some(&[other.dept]),
+                    c.agents[0],
+                    Timestamp(10),
+                    &event(c.tenant, "offline_message.handled")
                 )
                 .await,
             Err(StoreError::NotFound)
@@ -761,6 +776,7 @@ mod scenarios {
             .mark_offline_message_handled(
                 c.tenant,
                 m.id,
+                Some(&[c.dept]),
                 c.agents[0],
                 Timestamp(10),
                 &event(c.tenant, "offline_message.handled"),

@@ -14,8 +14,8 @@ use parley_core::conversation::{
 };
 use parley_core::routing::choose_agent;
 use parley_core::store::{
-    Appended, ConversationRecord, DepartmentRouting, EventRecord, NewEvent, OfflineMessageRecord,
-    Transition, VisitorRecord,
+    Appended, ConversationRecord, DepartmentRouting, EventRecord, MessageFrom, NewEvent,
+    OfflineMessageRecord, Transition, VisitorRecord,
 };
 use parley_core::values::{DisplayName, EmailAddress};
 use parley_core::{
@@ -661,19 +661,14 @@ impl App {
     ) -> Result<Appended, AppError> {
         let client_id = ClientMsgId::parse(client_msg_id)?;
         let body = MessageBody::parse(body)?;
-        let c = self.conversation_for(actor, conv, false).await?;
-        let author = match actor {
-            ChatActor::Visitor(_) => Author::Visitor,
+        // Who may write is checked by the store's writer in the read that allocates the sequence
+        // number (the hot path makes no other read); a refusal is explained below.
+        let (tenant, author, from) = match actor {
+            ChatActor::Visitor(v) => (v.tenant, Author::Visitor, MessageFrom::Visitor(v.id)),
             ChatActor::Agent(s) => {
-                if c.agent != Some(s.actor.user) {
-                    return Err(DomainError::new(
-                        "conversation_id",
-                        "not_assigned",
-                        "accept the chat before writing in it",
-                    )
-                    .into());
-                }
-                Author::Agent(s.actor.user)
+                self.authorize(s, Permission::UseConsole, None).await?;
+                let a = &s.actor;
+                (a.tenant, Author::Agent(a.user), MessageFrom::Agent(a.user))
             }
         };
         let e = NewEvent {
@@ -683,8 +678,38 @@ impl App {
             data: "{}".into(),
             at: self.now(),
         };
-        self.append_and_publish(c.tenant, conv, e, Some(body.as_str()), Transition::None)
-            .await
+        let appended = self
+            .append_and_publish(
+                tenant,
+                conv,
+                e,
+                Some(body.as_str()),
+                Transition::Message { from },
+            )
+            .await;
+        match appended {
+            Err(AppError::NotFound) if matches!(actor, ChatActor::Agent(_)) => {
+                Err(self.why_not_writable(actor, conv).await)
+            }
+            Err(AppError::Conflict("not_assigned")) => {
+                Err(self.why_not_writable(actor, conv).await)
+            }
+            other => other,
+        }
+    }
+
+    /// The error an agent gets for writing in a chat that is not theirs: `not_assigned` when they
+    /// could see it, `not_found` otherwise (so it tells nothing about other departments' chats).
+    async fn why_not_writable(&self, actor: ChatActor<'_>, conv: ConversationId) -> AppError {
+        match self.conversation_for(actor, conv, false).await {
+            Err(e) => e,
+            Ok(_) => DomainError::new(
+                "conversation_id",
+                "not_assigned",
+                "accept the chat before writing in it",
+            )
+            .into(),
+        }
     }
 
     /// Tell the other side one is typing. A signal: published, never stored.
@@ -1397,11 +1422,12 @@ impl App {
     /// The visitor of `conv` was heard from (a heartbeat or any frame). A weak or lost visitor
     /// coming back is an event the agent sees.
     pub async fn visitor_alive(&self, v: Visitor, conv: ConversationId) -> Result<(), AppError> {
-        // Only the visitor's own conversation: checked before anything is written.
-        let c = self
-            .conversation_for(ChatActor::Visitor(v), conv, false)
-            .await?;
-        let Some(before) = self.store.touch_visitor(v.tenant, conv, self.now()).await? else {
+        // Only the visitor's own open conversation: the store's writer checks both.
+        let Some(before) = self
+            .store
+            .touch_visitor(v.tenant, conv, v.id, self.now())
+            .await?
+        else {
             return Ok(());
         };
         if before == VisitorConnection::Connected {
@@ -1416,7 +1442,7 @@ impl App {
         };
         match self
             .append_and_publish(
-                c.tenant,
+                v.tenant,
                 conv,
                 e,
                 None,

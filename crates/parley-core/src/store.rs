@@ -5,7 +5,7 @@
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::{DepartmentId, Role, TenantId, Timestamp, UserId};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("not found")]
     NotFound,
@@ -353,6 +353,11 @@ pub struct OfflineMessageRecord {
 pub enum Transition {
     /// Only the event.
     None,
+    /// Only the event, a chat message written by `from`: refused unless `from` is the chat's
+    /// visitor (`NotFound` otherwise) or its assigned agent (`Conflict("not_assigned")`). The check
+    /// is made by the writer that allocates the sequence number, so a message needs no read
+    /// before it is queued.
+    Message { from: MessageFrom },
     /// The agent takes the queued chat, if it is still queued (and, when `offered` is set, still
     /// offered to them) and they are online below capacity.
     Assign { agent: UserId, require_offer: bool },
@@ -371,6 +376,13 @@ pub enum Transition {
         from: VisitorConnection,
         to: VisitorConnection,
     },
+}
+
+/// Who writes a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageFrom {
+    Visitor(VisitorId),
+    Agent(UserId),
 }
 
 #[async_trait::async_trait]
@@ -481,11 +493,14 @@ pub trait ChatStore: Send + Sync {
         now: Timestamp,
     ) -> StoreResult<()>;
 
-    /// Record that the visitor of an open conversation was heard from; returns their state before.
+    /// Record that `visitor` was heard from in their open conversation; returns their state
+    /// before (`None` when the conversation is not open or not theirs). Heartbeats are batched
+    /// with appends by the group-commit writer.
     async fn touch_visitor(
         &self,
         tenant: TenantId,
         conversation: ConversationId,
+        visitor: VisitorId,
         now: Timestamp,
     ) -> StoreResult<Option<VisitorConnection>>;
     /// Open conversations, in every tenant, whose visitor is silent past the tenant's weak period.

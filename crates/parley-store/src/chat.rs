@@ -9,14 +9,18 @@ use parley_core::conversation::{
     AgentStatus, ConnectionPeriods, ConversationStatus, EventKind, VisitorConnection,
 };
 use parley_core::routing::Candidate;
+use parley_core::store::MessageFrom;
 use parley_core::store::{
     Appended, ChatStore, ConversationRecord, DepartmentRouting, EventRecord, NewEvent,
     OfflineMessageRecord, PresenceRecord, Sealer, SilentVisitor, StoreError, StoreResult,
     Transition, VisitorRecord,
 };
-use parley_core::{ConversationId, DepartmentId, OfflineMessageId, TenantId, Timestamp, UserId};
+use parley_core::{
+    ConversationId, DepartmentId, OfflineMessageId, TenantId, Timestamp, UserId, VisitorId,
+};
 use sqlx::Row;
 use sqlx::any::AnyRow;
+use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
 const CONVERSATION_COLUMNS: &str = "tenant_id, id, visitor_id, department_id, status, agent_id, offered_to, \
@@ -388,13 +392,7 @@ impl ChatStore for SqlStore {
             transition: transition.clone(),
             reply,
         };
-        self.appender
-            .send(request)
-            .await
-            .map_err(|_| StoreError::Backend("the append writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Backend("the append writer has stopped".into()))?
+        self.write(Write::Append(request), answer).await
     }
 
     async fn events(
@@ -493,32 +491,18 @@ impl ChatStore for SqlStore {
         &self,
         tenant: TenantId,
         cid: ConversationId,
+        visitor: VisitorId,
         now: Timestamp,
     ) -> StoreResult<Option<VisitorConnection>> {
-        // Read the state before, then stamp; a state change back to connected is an event,
-        // appended by the caller with `Transition::VisitorState`.
-        let before = sqlx::query("SELECT visitor_state FROM conversations WHERE tenant_id = $1 AND id = $2 AND status <> 'ended'")
-            .bind(tenant.to_string())
-            .bind(cid.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
-        let Some(before) = before else {
-            return Ok(None);
+        let (reply, answer) = oneshot::channel();
+        let request = TouchRequest {
+            tenant,
+            conversation: cid,
+            visitor,
+            now,
+            reply,
         };
-        let state =
-            VisitorConnection::parse(&before.try_get::<String, _>("visitor_state").map_err(db)?)
-                .ok_or_else(|| corrupt("visitor_state"))?;
-        if state == VisitorConnection::Connected {
-            sqlx::query("UPDATE conversations SET visitor_seen_at = $1 WHERE tenant_id = $2 AND id = $3 AND visitor_state = 'connected'")
-                .bind(now.0)
-                .bind(tenant.to_string())
-                .bind(cid.to_string())
-                .execute(&self.pool)
-                .await
-                .map_err(db)?;
-        }
-        Ok(Some(state))
+        self.write(Write::Touch(request), answer).await
     }
 
     async fn silent_visitors(&self, now: Timestamp) -> StoreResult<Vec<SilentVisitor>> {
@@ -771,7 +755,25 @@ async fn insert_event(
     Ok(())
 }
 
-/// One append waiting for the writer.
+impl SqlStore {
+    /// Queue a write for the group-commit writer and wait for its answer (sent after the commit).
+    async fn write<T>(
+        &self,
+        w: Write,
+        answer: oneshot::Receiver<StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let stopped = || StoreError::Backend("the append writer has stopped".into());
+        self.appender.send(w).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// One write waiting for the group-commit writer.
+pub(crate) enum Write {
+    Append(AppendRequest),
+    Touch(TouchRequest),
+}
+
 pub(crate) struct AppendRequest {
     tenant: TenantId,
     conversation: ConversationId,
@@ -781,15 +783,31 @@ pub(crate) struct AppendRequest {
     reply: oneshot::Sender<StoreResult<Appended>>,
 }
 
-/// Appends waiting at once are committed together, up to this many.
+/// A visitor heartbeat: stamp `visitor_seen_at` while they are connected.
+pub(crate) struct TouchRequest {
+    tenant: TenantId,
+    conversation: ConversationId,
+    visitor: VisitorId,
+    now: Timestamp,
+    reply: oneshot::Sender<StoreResult<Option<VisitorConnection>>>,
+}
+
+/// What a write came to, answered once the batch has committed.
+enum Done {
+    Appended(StoreResult<Appended>),
+    Touched(StoreResult<Option<VisitorConnection>>),
+}
+
+/// Writes waiting at once are committed together, up to this many.
 const MAX_BATCH: usize = 512;
 
-/// The group-commit writer: takes every append waiting at that moment (at least one), runs each in
-/// its own savepoint of one transaction, commits once, and only then answers each. While it
-/// commits, the next batch gathers, so batches grow with the load and no timer adds latency.
-pub(crate) async fn append_writer(store: SqlStore, mut requests: mpsc::Receiver<AppendRequest>) {
+/// The group-commit writer: takes every write waiting at that moment (at least one), applies them
+/// in one transaction, commits once, and only then answers each. While it commits, the next batch
+/// gathers, so batches grow with the load and no timer adds latency.
+pub(crate) async fn append_writer(store: SqlStore, mut requests: mpsc::Receiver<Write>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = requests.recv().await {
-        let mut batch = vec![first];
+        batch.push(first);
         while batch.len() < MAX_BATCH {
             match requests.try_recv() {
                 Ok(r) => batch.push(r),
@@ -797,57 +815,208 @@ pub(crate) async fn append_writer(store: SqlStore, mut requests: mpsc::Receiver<
             }
         }
         match commit_batch(&store, &batch).await {
-            Ok(results) => {
-                for (request, result) in batch.into_iter().zip(results) {
-                    let _ = request.reply.send(result);
-                }
-            }
-            Err(e) => {
-                let message = e.to_string();
-                for request in batch {
-                    let _ = request
-                        .reply
-                        .send(Err(StoreError::Backend(message.clone())));
-                }
-            }
+            Ok(done) => batch
+                .drain(..)
+                .zip(done)
+                .for_each(|(w, d)| answer(w, Ok(d))),
+            Err(e) => batch.drain(..).for_each(|w| answer(w, Err(e.clone()))),
         }
     }
 }
 
-async fn commit_batch(
-    store: &SqlStore,
-    batch: &[AppendRequest],
-) -> StoreResult<Vec<StoreResult<Appended>>> {
-    let mut tx = store.begin_write().await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for r in batch {
-        sqlx::query("SAVEPOINT append")
-            .execute(&mut *tx)
+fn answer(w: Write, outcome: StoreResult<Done>) {
+    match (w, outcome) {
+        (Write::Append(r), Ok(Done::Appended(a))) => drop(r.reply.send(a)),
+        (Write::Touch(r), Ok(Done::Touched(t))) => drop(r.reply.send(t)),
+        (Write::Append(r), Err(e)) => drop(r.reply.send(Err(e))),
+        (Write::Touch(r), Err(e)) => drop(r.reply.send(Err(e))),
+        // Each write's outcome is made from that write; a dropped reply reads as a failure.
+        _ => {}
+    }
+}
+
+/// Sequence numbers handed out in this batch but not yet written to `conversations.last_seq`:
+/// plain messages write only their event and the counter is brought up once per conversation.
+type PendingSeqs = HashMap<(TenantId, ConversationId), i64>;
+
+async fn flush_seqs(tx: &mut Tx, pending: &mut PendingSeqs) -> StoreResult<()> {
+    for ((tenant, cid), last) in pending.drain() {
+        sqlx::query("UPDATE conversations SET last_seq = $1 WHERE tenant_id = $2 AND id = $3")
+            .bind(last)
+            .bind(tenant.to_string())
+            .bind(cid.to_string())
+            .execute(&mut **tx)
             .await
             .map_err(db)?;
-        let result = append_in_tx(
-            &mut tx,
-            r.tenant,
-            r.conversation,
-            &r.event,
-            r.body.as_ref(),
-            &r.transition,
-        )
-        .await;
-        if result.is_err() {
-            sqlx::query("ROLLBACK TO SAVEPOINT append")
+    }
+    Ok(())
+}
+
+/// Apply a batch in one transaction. A write refused for its own reasons (a duplicate, an ended
+/// chat, a lost race) is answered alone and leaves the others; a database failure fails the
+/// batch, and every writer in it is told so (nothing of it is committed).
+///
+/// Plain messages and heartbeats are one read and one write each. Writes that can fail after
+/// they have written something run in a savepoint; on PostgreSQL, where any failed statement
+/// spoils the transaction, every write does.
+async fn commit_batch(store: &SqlStore, batch: &[Write]) -> StoreResult<Vec<Done>> {
+    let postgres = store.backend == crate::sql::Backend::Postgres;
+    let mut tx = store.begin_write().await?;
+    let mut pending = PendingSeqs::new();
+    let mut done = Vec::with_capacity(batch.len());
+    for w in batch {
+        let slow = matches!(w, Write::Append(r) if !matches!(r.transition, Transition::None | Transition::Message { .. }));
+        if slow {
+            flush_seqs(&mut tx, &mut pending).await?;
+        }
+        let savepoint = slow || postgres;
+        if savepoint {
+            sqlx::query("SAVEPOINT write")
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
         }
-        sqlx::query("RELEASE SAVEPOINT append")
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        results.push(result);
+        let result = match w {
+            Write::Append(r) if slow => Done::Appended(
+                append_in_tx(
+                    &mut tx,
+                    r.tenant,
+                    r.conversation,
+                    &r.event,
+                    r.body.as_ref(),
+                    &r.transition,
+                )
+                .await,
+            ),
+            Write::Append(r) => {
+                Done::Appended(append_message(&mut tx, &mut pending, r, postgres).await?)
+            }
+            Write::Touch(r) => Done::Touched(touch_in_tx(&mut tx, r).await),
+        };
+        let failed = matches!(&result, Done::Appended(Err(_)) | Done::Touched(Err(_)));
+        if failed && !savepoint {
+            // Only refusals decided before anything was written come back here (see
+            // `append_message`), so there is nothing to undo.
+        } else if failed {
+            sqlx::query("ROLLBACK TO SAVEPOINT write")
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        if savepoint {
+            sqlx::query("RELEASE SAVEPOINT write")
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        done.push(result);
     }
+    flush_seqs(&mut tx, &mut pending).await?;
     tx.commit().await.map_err(db)?;
-    Ok(results)
+    Ok(done)
+}
+
+/// A plain message (or a system event with no state change): one read that checks the chat and
+/// finds an earlier copy of the message, one insert. Refusals come back as `Ok(Err(..))` before
+/// anything is written; a failed insert is a database failure and fails the batch (on SQLite a
+/// failing statement can end the transaction, so carrying on would be unsafe).
+async fn append_message(
+    tx: &mut Tx,
+    pending: &mut PendingSeqs,
+    r: &AppendRequest,
+    postgres: bool,
+) -> StoreResult<StoreResult<Appended>> {
+    let (tenant, cid) = (r.tenant, r.conversation);
+    // The row lock (PostgreSQL) keeps other nodes' writers out of this chat until commit; SQLite
+    // has one writer, holding the database's write lock.
+    let lock = if postgres { " FOR UPDATE OF c" } else { "" };
+    let row = sqlx::query(&format!(
+        "SELECT c.status, c.visitor_id, c.agent_id, c.last_seq, e.seq AS dup_seq, e.at AS dup_at \
+         FROM conversations c LEFT JOIN conversation_events e ON e.tenant_id = c.tenant_id \
+         AND e.conversation_id = c.id AND e.client_msg_id = $3 WHERE c.tenant_id = $1 AND c.id = $2{lock}"
+    ))
+    .bind(tenant.to_string())
+    .bind(cid.to_string())
+    .bind(r.event.client_msg_id.clone())
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db)?;
+    let Some(row) = row else {
+        return Ok(Err(StoreError::NotFound));
+    };
+    let visitor: VisitorId = id(&row, "visitor_id")?;
+    let agent: Option<UserId> = opt_id(&row, "agent_id")?;
+    // Who writes is checked first: a stranger learns nothing, not even of an earlier copy.
+    match r.transition {
+        Transition::Message {
+            from: MessageFrom::Visitor(v),
+        } if v != visitor => return Ok(Err(StoreError::NotFound)),
+        Transition::Message {
+            from: MessageFrom::Agent(a),
+        } if agent != Some(a) => return Ok(Err(StoreError::Conflict("not_assigned"))),
+        _ => {}
+    }
+    if let Some(seq) = row.try_get::<Option<i64>, _>("dup_seq").map_err(db)? {
+        let at: i64 = row.try_get("dup_at").map_err(db)?;
+        return Ok(Ok(Appended {
+            seq,
+            at: Timestamp(at),
+            duplicate: true,
+        }));
+    }
+    let status: String = row.try_get("status").map_err(db)?;
+    if status == ConversationStatus::Ended.as_str() {
+        return Ok(Err(StoreError::Conflict("conversation_ended")));
+    }
+    let stored: i64 = row.try_get("last_seq").map_err(db)?;
+    let seq = pending.get(&(tenant, cid)).copied().unwrap_or(stored) + 1;
+    let body_ct = r.body.as_ref().map(|seal| seal(seq));
+    insert_event(tx, tenant, cid, seq, &r.event, body_ct).await?;
+    pending.insert((tenant, cid), seq);
+    Ok(Ok(Appended {
+        seq,
+        at: r.event.at,
+        duplicate: false,
+    }))
+}
+
+/// A heartbeat: one update while the visitor is connected; otherwise their state is read and
+/// returned (the caller appends the change back to connected as an event).
+async fn touch_in_tx(tx: &mut Tx, r: &TouchRequest) -> StoreResult<Option<VisitorConnection>> {
+    let (tenant, cid, visitor) = (
+        r.tenant.to_string(),
+        r.conversation.to_string(),
+        r.visitor.to_string(),
+    );
+    let stamped = sqlx::query(
+        "UPDATE conversations SET visitor_seen_at = $1 WHERE tenant_id = $2 AND id = $3 AND visitor_id = $4 \
+         AND status <> 'ended' AND visitor_state = 'connected'",
+    )
+    .bind(r.now.0)
+    .bind(tenant.clone())
+    .bind(cid.clone())
+    .bind(visitor.clone())
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    if stamped.rows_affected() > 0 {
+        return Ok(Some(VisitorConnection::Connected));
+    }
+    let before = sqlx::query(
+        "SELECT visitor_state FROM conversations WHERE tenant_id = $1 AND id = $2 AND visitor_id = $3 AND status <> 'ended'",
+    )
+    .bind(tenant)
+    .bind(cid)
+    .bind(visitor)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db)?;
+    before
+        .map(|r| {
+            VisitorConnection::parse(&r.try_get::<String, _>("visitor_state").map_err(db)?)
+                .ok_or_else(|| corrupt("visitor_state"))
+        })
+        .transpose()
 }
 
 /// One append inside the writer's transaction.
@@ -904,7 +1073,7 @@ async fn append_in_tx(
     let now = event.at;
     let set = |sql: &'static str| sqlx::query(sql);
     match transition {
-        Transition::None => {}
+        Transition::None | Transition::Message { .. } => {}
         Transition::Assign {
             agent,
             require_offer,

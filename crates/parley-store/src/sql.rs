@@ -47,7 +47,7 @@ pub struct SqlStore {
     pub(crate) pool: AnyPool,
     pub(crate) backend: Backend,
     /// The group-commit writer's queue (see `chat::append_writer`).
-    pub(crate) appender: tokio::sync::mpsc::Sender<crate::chat::AppendRequest>,
+    pub(crate) appender: tokio::sync::mpsc::Sender<crate::chat::Write>,
 }
 
 pub(crate) fn db(e: sqlx::Error) -> StoreError {

@@ -1221,10 +1221,16 @@ mod scenarios {
             store.append_event(c.tenant, conv, &e, None, &to_weak).await,
             Err(StoreError::Conflict("state_changed"))
         ));
+        let visitor = store
+            .conversation(c.tenant, conv)
+            .await
+            .unwrap()
+            .unwrap()
+            .visitor;
         // A heartbeat from a weak visitor reports the state and leaves the stamp for the event.
         assert_eq!(
             store
-                .touch_visitor(c.tenant, conv, Timestamp(40_000))
+                .touch_visitor(c.tenant, conv, visitor, Timestamp(40_000))
                 .await
                 .unwrap(),
             Some(VisitorConnection::Weak)
@@ -1286,7 +1292,7 @@ mod scenarios {
         );
         assert_eq!(
             store
-                .touch_visitor(c.tenant, conv, Timestamp(50_000))
+                .touch_visitor(c.tenant, conv, visitor, Timestamp(50_000))
                 .await
                 .unwrap(),
             None
@@ -1310,12 +1316,29 @@ mod scenarios {
             )
             .await
             .unwrap();
-        // Many appends at once: they share transactions; the ones to the ended chat and the
-        // resends fail or dedupe alone, the rest all land, gapless.
+        let mut visitors = vec![];
+        for conv in &convs {
+            visitors.push(
+                store
+                    .conversation(c.tenant, *conv)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .visitor,
+            );
+        }
+        // Many appends at once: they share transactions; the ones to the ended chat, from a
+        // stranger, and the resends fail or dedupe alone, the rest all land, gapless. An
+        // assignment (a write with a state change) and heartbeats land in the same batches.
         let mut tasks = vec![];
         for i in 0..80 {
             let (s, t, conv) = (store.clone(), c.tenant, convs[i % 4]);
             let id = format!("m{}", i % 60);
+            let from = if i % 4 == 1 && i >= 60 {
+                MessageFrom::Visitor(VisitorId::from_uuid(uid()))
+            } else {
+                MessageFrom::Visitor(visitors[i % 4])
+            };
             tasks.push(tokio::spawn(async move {
                 (
                     conv,
@@ -1324,31 +1347,82 @@ mod scenarios {
                         conv,
                         &new_event(EventKind::Message, Some(&id)),
                         None,
-                        &Transition::None,
+                        &Transition::Message { from },
                     )
                     .await,
                 )
             }));
         }
-        let mut ok = 0;
+        let assign = {
+            let (s, t, conv, agent) = (store.clone(), c.tenant, convs[0], c.agents[0]);
+            tokio::spawn(async move {
+                let e = new_event(EventKind::Assigned, None);
+                let to = Transition::Assign {
+                    agent,
+                    require_offer: false,
+                };
+                s.append_event(t, conv, &e, None, &to).await
+            })
+        };
+        let touch = {
+            let (s, t, conv, v) = (store.clone(), c.tenant, convs[2], visitors[2]);
+            tokio::spawn(async move { s.touch_visitor(t, conv, v, Timestamp(60)).await })
+        };
+        let stranger = store
+            .touch_visitor(
+                c.tenant,
+                convs[2],
+                VisitorId::from_uuid(uid()),
+                Timestamp(60),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            stranger, None,
+            "a heartbeat counts only from the chat's visitor"
+        );
+        let (mut ok, mut strangers) = (0, 0);
         for t in tasks {
             let (conv, r) = t.await.unwrap();
             match r {
                 Ok(_) => ok += 1,
                 Err(StoreError::Conflict("conversation_ended")) => assert_eq!(conv, ended),
+                Err(StoreError::NotFound) => strangers += 1,
                 Err(e) => panic!("{e:?}"),
             }
         }
-        assert_eq!(ok, 60, "20 appends went to the ended chat");
+        assign.await.unwrap().unwrap();
+        assert_eq!(
+            touch.await.unwrap().unwrap(),
+            Some(VisitorConnection::Connected)
+        );
+        assert_eq!(
+            (ok, strangers),
+            (55, 5),
+            "20 appends went to the ended chat, 5 came from a stranger"
+        );
+        let assigned = store
+            .conversation(c.tenant, convs[0])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(assigned.status, ConversationStatus::Assigned);
         for conv in &convs[..3] {
             let events = store.events(c.tenant, *conv, 0, 1000).await.unwrap();
             let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
             assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+            let stored = store.conversation(c.tenant, *conv).await.unwrap().unwrap();
+            assert_eq!(
+                stored.last_seq,
+                seqs.len() as i64,
+                "the counter matches the log"
+            );
             let ids: std::collections::HashSet<_> = events
                 .iter()
                 .filter_map(|e| e.client_msg_id.clone())
                 .collect();
-            assert_eq!(ids.len(), events.len() - 1, "each client id stored once");
+            let with_ids = events.iter().filter(|e| e.client_msg_id.is_some()).count();
+            assert_eq!(ids.len(), with_ids, "each client id stored once");
         }
         assert_eq!(
             store.events(c.tenant, ended, 0, 1000).await.unwrap().len(),

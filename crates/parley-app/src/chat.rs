@@ -1319,7 +1319,13 @@ impl App {
                         self.after_assignment(tenant, conv).await?;
                         return Ok(());
                     }
-                    Err(AppError::Invalid(d)) if d.code == "agent_unavailable" => continue,
+                    // Taken by a concurrent routing pass (another chat starting, another
+                    // node's timer): look again.
+                    Err(AppError::Invalid(d))
+                        if d.code == "agent_unavailable" || d.code == "not_available" =>
+                    {
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 }
             }

@@ -1,50 +1,90 @@
-//! The sweep scenario: P visitor/agent pairs in conversation, each step at a fixed offered rate
-//! (open loop: sends go out on schedule whether or not earlier ones were answered). For every
-//! message it records the ack latency (sent -> durably acknowledged, at the visitor) and the
-//! delivery latency (sent -> received by the agent).
+//! Conversations under load. Three scenarios share the set-up (P visitor/agent pairs in
+//! conversation, each on its own socket) and the measurement (for every message, the ack latency
+//! from send to durable acknowledgement at the sender, and the delivery latency from send to
+//! arrival at the other side):
+//!
+//! - **sweep**: open loop at fixed offered rates (sends go out on schedule whether or not earlier
+//!   ones were answered); the knee is the highest rate with p99 ack < 20 ms and no shortfall.
+//! - **fan-out**: the same, with agents serving 5 to 20 visitors each, answering every few messages
+//!   and fetching transcripts while they do.
+//! - **saturation**: closed loop, every visitor keeps one message in flight; the achieved rate is
+//!   the highest sustained durable rate.
 
 use crate::stats::{Latency, summarize};
-use futures_util::{SinkExt, StreamExt};
+use crate::target::{self, Bench, Server, ServerArgs, Usage, open_socket, run_socket};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+
+#[derive(clap::Args, Clone)]
+pub struct LoadArgs {
+    /// Visitors in conversation. Parley lets one socket send at most 20 frames a second, so use
+    /// at least a tenth of the highest rate (real visitors send far less than one a second).
+    #[arg(long, default_value_t = 20)]
+    pub pairs: usize,
+    /// Visitors each agent serves at once (the agents' capacity).
+    #[arg(long, default_value_t = 10)]
+    pub visitors_per_agent: usize,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Drive a relay at this WebSocket URL instead of spawning Parley.
+    #[arg(long)]
+    pub relay: Option<String>,
+    /// Print one JSON object on stdout (the human summary goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
 
 #[derive(clap::Args)]
 pub struct SweepArgs {
     /// Offered rates, messages per second, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "100,300,1000")]
     rates: Vec<u64>,
-    /// Visitors in conversation. Parley lets one socket send at most 20 frames a second, so use
-    /// at least a tenth of the highest rate (real visitors send far less than one a second).
-    #[arg(long, default_value_t = 20)]
-    pairs: usize,
-    /// Visitors each agent serves at once (the agents' capacity).
-    #[arg(long, default_value_t = 10)]
-    visitors_per_agent: usize,
     /// Seconds per rate.
     #[arg(long, default_value_t = 5)]
     step_secs: u64,
-    /// The `parley` binary to spawn [default: next to this one].
-    #[arg(long)]
-    parley: Option<std::path::PathBuf>,
-    /// Pin the spawned server to this CPU (with taskset).
-    #[arg(long)]
-    server_cpu: Option<u32>,
-    /// Drive a relay at this WebSocket URL instead of spawning Parley.
-    #[arg(long)]
-    relay: Option<String>,
-    /// Print one JSON object (and the human summary on stderr).
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(clap::Args)]
+pub struct FanoutArgs {
+    /// Visitor messages per second (agents' answers come on top).
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+    /// Agents answer one visitor message in this many.
+    #[arg(long, default_value_t = 4)]
+    answer_every: u64,
+    /// Each agent fetches a transcript this often (milliseconds).
+    #[arg(long, default_value_t = 1000)]
+    transcript_every_ms: u64,
+    /// Visitors per agent to try, comma-separated (each a separate step with fresh agents).
+    #[arg(long, value_delimiter = ',', default_value = "5,10,20")]
+    per_agent: Vec<usize>,
+    #[arg(long, default_value_t = 5)]
+    step_secs: u64,
+    #[arg(long, default_value_t = 200)]
+    pairs: usize,
+    #[command(flatten)]
+    server: ServerArgs,
     #[arg(long)]
     json: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(clap::Args)]
+pub struct SaturationArgs {
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Debug, Serialize, Clone)]
 pub struct Step {
     pub offered_per_sec: u64,
     pub seconds: f64,
@@ -54,391 +94,297 @@ pub struct Step {
     pub achieved_per_sec: f64,
     pub ack: Latency,
     pub delivery: Latency,
+    /// Server CPU seconds per thousand acknowledged messages (Parley only).
+    pub server_cpu_ms_per_msg: Option<f64>,
+    /// Bytes the server wrote to storage per acknowledged message (Parley only).
+    pub server_bytes_written_per_msg: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<Latency>,
 }
 
 #[derive(Default)]
-struct Shared {
+struct Recorder {
     sent: HashMap<String, Instant>,
     ack_us: Vec<u64>,
     delivery_us: Vec<u64>,
+    transcript_us: Vec<u64>,
 }
 
-type SharedState = Arc<Mutex<Shared>>;
+type Shared = Arc<Mutex<Recorder>>;
 
-fn lock(s: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Recorder> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl Recorder {
+    fn clear(&mut self) {
+        self.sent.clear();
+        self.ack_us.clear();
+        self.delivery_us.clear();
+        self.transcript_us.clear();
+    }
+}
+
+/// Who reads a frame: acks count at the sender, message events at the other side.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Visitor,
+    Agent,
+}
+
+/// Record the latencies a frame closes. Returns the conversation of a message that arrived from
+/// the other side (agents answer some of them).
+fn observe(shared: &Shared, role: Role, f: &Value, at: Instant) -> Option<String> {
+    let kind = f["type"].as_str().unwrap_or_default();
+    let id = f["client_msg_id"].as_str().unwrap_or_default();
+    let mine = if role == Role::Visitor {
+        "visitor"
+    } else {
+        "agent"
+    };
+    let is_ack = kind == "ack";
+    let is_delivery = kind == "event" && f["kind"] == "message" && f["author"] != mine;
+    if is_ack || is_delivery {
+        let mut s = lock(shared);
+        if let Some(sent) = s.sent.get(id).copied() {
+            let us = at.duration_since(sent).as_micros() as u64;
+            if is_ack {
+                s.ack_us.push(us)
+            } else {
+                s.delivery_us.push(us)
+            }
+        }
+    }
+    is_delivery
+        .then(|| f["conversation_id"].as_str().map(str::to_owned))
+        .flatten()
+}
+
 struct Pair {
-    visitor_tx: mpsc::UnboundedSender<Message>,
+    visitor: mpsc::UnboundedSender<Message>,
     conversation: String,
+    /// Acks of this visitor's messages (for the closed loop).
+    acks: Option<mpsc::UnboundedReceiver<()>>,
 }
 
-/// A spawned Parley that is stopped when dropped.
-struct Server {
-    child: Child,
-    base: String,
-    dir: tempfile::TempDir,
-    bin: std::path::PathBuf,
+/// How agents behave beyond receiving.
+#[derive(Clone, Default)]
+struct AgentPlay {
+    answer_every: u64,
+    transcript_every: Option<Duration>,
+    /// Set when the step is over: transcript fetching stops and the agents' sockets close.
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Everything set up for a run against Parley: keep it alive while the run lasts.
+struct Parley {
+    server: Server,
+    bench: Arc<Bench>,
 }
 
-fn spawn_server(args: &SweepArgs) -> Result<Server, String> {
-    let bin = match &args.parley {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("parley"),
-    };
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut cmd = match args.server_cpu {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", &cpu.to_string()]).arg(&bin);
-            c
-        }
-        None => Command::new(&bin),
-    };
-    cmd.args(["serve", "--listen", "127.0.0.1:0"])
-        .env("PARLEY_DATA_DIR", dir.path())
-        .env_remove("PARLEY_DATABASE_URL")
-        .env_remove("PARLEY_MASTER_KEY_FILE")
-        .env("PARLEY_LOG", "info,parley_server::http::security=warn")
-        .env("PARLEY_LOG_FORMAT", "text")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let base = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.split("listening on ")
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .map(str::to_owned)
-        })
-        .ok_or("the server did not start")?;
-    std::thread::spawn(move || lines.for_each(drop));
-    Ok(Server {
-        child,
-        base,
-        dir,
-        bin,
-    })
+async fn start_parley(args: &ServerArgs) -> Result<Parley, String> {
+    let server = Server::spawn(args)?;
+    let bench = Arc::new(Bench::setup(&server).await?);
+    Ok(Parley { server, bench })
 }
 
-async fn http_json(
-    client: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    csrf: Option<&str>,
-    body: Option<Value>,
-) -> Result<Value, String> {
-    let mut req = client.request(method, &url);
-    if let Some(c) = csrf {
-        req = req.header("x-csrf-token", c);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.map_err(|e| format!("{url}: {e}"))?;
-    let status = res.status();
-    let v: Value = res.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        return Err(format!("{url}: {status} {v}"));
-    }
-    Ok(v)
-}
-
-/// A signed-in console user: (http client with the cookie, CSRF token).
-async fn sign_in(
-    base: &str,
-    workspace: &str,
-    email: &str,
-    one_time: &str,
-) -> Result<(reqwest::Client, String), String> {
-    let c = reqwest::Client::builder()
-        .cookie_store(true)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let r = http_json(
-        &c,
-        reqwest::Method::POST,
-        format!("{base}/api/auth/sign-in"),
-        None,
-        Some(json!({ "workspace": workspace, "email": email, "password": one_time })),
-    )
-    .await?;
-    let csrf = r["csrf_token"].as_str().unwrap_or_default().to_owned();
-    let pw = "Load-Test-Password-2026!";
-    http_json(
-        &c,
-        reqwest::Method::POST,
-        format!("{base}/api/auth/password"),
-        Some(&csrf),
-        Some(json!({ "current_password": one_time, "new_password": pw })),
-    )
-    .await?;
-    Ok((c, csrf))
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// How many sockets share one source address (Parley allows 200 per client IP; the generator
-/// spreads its sockets over 127.0.0.0/8 as several real clients would come from several hosts).
-const SOCKETS_PER_SOURCE: usize = 150;
-static SOCKETS_OPENED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-async fn open_socket(url: &str, origin: &str, ticket: &str) -> Result<Ws, String> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
-    req.headers_mut()
-        .insert("origin", origin.parse().map_err(|_| "bad origin")?);
-    let host = url
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    let server: std::net::SocketAddr = host
-        .parse()
-        .map_err(|_| format!("{url}: give the server as IP:port"))?;
-    let n = SOCKETS_OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) / SOCKETS_PER_SOURCE;
-    let source = std::net::Ipv4Addr::new(127, 0, (1 + n / 250) as u8, (2 + n % 250) as u8);
-    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket
-        .bind((source, 0).into())
-        .map_err(|e| format!("bind {source}: {e}"))?;
-    let stream = socket
-        .connect(server)
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-    let (mut ws, _) = tokio_tungstenite::client_async(req, stream)
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    ws.send(Message::text(
-        json!({ "type": "hello", "ticket": ticket }).to_string(),
-    ))
-    .await
-    .map_err(|e| e.to_string())?;
-    match ws.next().await {
-        Some(Ok(Message::Text(t))) if t.contains("\"ready\"") => Ok(ws),
-        other => Err(format!("no ready frame: {other:?}")),
-    }
-}
-
-/// Split a socket: a writer task fed by a channel, and a reader that calls `on_frame`.
-fn run_socket(ws: Ws, shared: SharedState, role: &'static str) -> mpsc::UnboundedSender<Message> {
-    let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-    tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if sink.send(m).await.is_err() {
-                break;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        while let Some(Ok(Message::Text(t))) = stream.next().await {
-            let now = Instant::now();
-            let Ok(f) = serde_json::from_str::<Value>(&t) else {
-                continue;
-            };
-            let kind = f["type"].as_str().unwrap_or_default();
-            let id = f["client_msg_id"].as_str().unwrap_or_default();
-            let is_ack = role == "visitor" && kind == "ack";
-            let is_delivery = role == "agent" && kind == "event" && f["kind"] == "message";
-            if is_ack || is_delivery {
-                let mut s = lock(&shared);
-                if let Some(at) = s.sent.get(id).copied() {
-                    let us = now.duration_since(at).as_micros() as u64;
-                    if is_ack {
-                        s.ack_us.push(us)
-                    } else {
-                        s.delivery_us.push(us)
-                    }
-                }
-            }
-        }
-    });
-    tx
-}
-
-async fn setup_parley(
-    server: &Server,
+/// `pairs` visitors in conversation with agents serving `per_agent` each.
+async fn parley_pairs(
+    p: &Parley,
     pairs: usize,
     per_agent: usize,
-    shared: &SharedState,
+    shared: &Shared,
+    play: AgentPlay,
+    agent_base: usize,
 ) -> Result<Vec<Pair>, String> {
-    let base = &server.base;
-    let out = Command::new(&server.bin)
-        .args([
-            "tenant",
-            "create",
-            "--name",
-            "Bench",
-            "--admin-email",
-            "admin@bench.test",
-            "--json",
-        ])
-        .env("PARLEY_DATA_DIR", server.dir.path())
-        .env_remove("PARLEY_DATABASE_URL")
-        .env_remove("PARLEY_MASTER_KEY_FILE")
-        .env("PARLEY_LOG", "warn")
-        .output()
-        .map_err(|e| e.to_string())?;
-    let tenant: Value = serde_json::from_slice(&out.stdout).map_err(|_| {
-        format!(
-            "tenant create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    let otp = tenant["one_time_password"].as_str().unwrap_or_default();
-    let (admin, csrf) = sign_in(base, "bench", "admin@bench.test", otp).await?;
-    let post = reqwest::Method::POST;
-    let dept = http_json(
-        &admin,
-        post.clone(),
-        format!("{base}/api/departments"),
-        Some(&csrf),
-        Some(json!({ "name": "Load" })),
-    )
-    .await?;
-    let dept = dept["id"].as_str().unwrap_or_default().to_owned();
-    let routing = json!({ "routing_mode": "assign" });
-    http_json(
-        &admin,
-        reqwest::Method::PATCH,
-        format!("{base}/api/departments/{dept}"),
-        Some(&csrf),
-        Some(routing),
-    )
-    .await?;
-    let ws_url = format!("{}/ws", base.replacen("http://", "ws://", 1));
-    let per_agent = per_agent.max(1);
-    let mut result = vec![];
-    for i in 0..pairs {
-        if i % per_agent == 0 {
-            let email = format!("agent{i}@bench.test");
-            let user = json!({ "email": email, "display_name": format!("Agent {i}"), "role": "agent", "department_ids": [dept], "capacity": per_agent });
-            let created = http_json(
-                &admin,
-                post.clone(),
-                format!("{base}/api/users"),
-                Some(&csrf),
-                Some(user),
-            )
-            .await?;
-            let (agent, a_csrf) = sign_in(
-                base,
-                "bench",
-                &email,
-                created["one_time_password"].as_str().unwrap_or_default(),
-            )
-            .await?;
-            let online = json!({ "status": "online" });
-            http_json(
-                &agent,
-                reqwest::Method::PUT,
-                format!("{base}/api/console/status"),
-                Some(&a_csrf),
-                Some(online),
-            )
-            .await?;
-            let ticket = http_json(
-                &agent,
-                post.clone(),
-                format!("{base}/api/console/ticket"),
-                Some(&a_csrf),
-                None,
-            )
-            .await?;
-            let agent_ws =
-                open_socket(&ws_url, base, ticket["ticket"].as_str().unwrap_or_default()).await?;
-            run_socket(agent_ws, shared.clone(), "agent");
+    let bench = &p.bench;
+    let per_agent = per_agent.clamp(1, 50);
+    let agents = pairs.div_ceil(per_agent);
+    // Agents first (online, sockets open), so each chat is assigned as it starts.
+    let consoles =
+        target::for_each_bounded(agents, 2, |i| bench.agent(agent_base + i, per_agent)).await?;
+    for console in consoles {
+        let ticket = bench.agent_ticket(&console).await?;
+        let ws = open_socket(&bench.ws_url, &ticket).await?;
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (shared2, seen2, answer_every) = (shared.clone(), seen.clone(), play.answer_every);
+        let answers: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let (tx, _) = {
+            let tx_slot: Arc<Mutex<Option<mpsc::UnboundedSender<Message>>>> = Arc::default();
+            let slot = tx_slot.clone();
+            let r = run_socket(ws, move |f, at| {
+                let Some(conv) = observe(&shared2, Role::Agent, &f, at) else {
+                    return;
+                };
+                let mut s = seen2.lock().unwrap_or_else(|p| p.into_inner());
+                if !s.contains(&conv) {
+                    s.push(conv.clone());
+                }
+                drop(s);
+                if answer_every == 0 {
+                    return;
+                }
+                let n = answers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n % answer_every == answer_every - 1
+                    && let Some(tx) = slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+                {
+                    let id = format!("a{}-{n}", conv);
+                    lock(&shared2).sent.insert(id.clone(), Instant::now());
+                    let frame = json!({ "type": "send", "conversation_id": conv, "client_msg_id": id, "body": "an answer" });
+                    let _ = tx.send(Message::text(frame.to_string()));
+                }
+            });
+            *tx_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.0.clone());
+            r
+        };
+        if let Some(every) = play.transcript_every {
+            let (bench, shared, seen, stop) = (
+                bench.clone(),
+                shared.clone(),
+                seen.clone(),
+                play.stop.clone(),
+            );
+            tokio::spawn(async move {
+                let _keep = tx;
+                let mut tick = tokio::time::interval(every);
+                let mut n = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tick.tick().await;
+                    let conv = {
+                        let s = seen.lock().unwrap_or_else(|p| p.into_inner());
+                        if s.is_empty() {
+                            continue;
+                        }
+                        s[n % s.len()].clone()
+                    };
+                    n += 1;
+                    let t0 = Instant::now();
+                    if bench.transcript(&console, &conv).await.is_ok() {
+                        lock(&shared)
+                            .transcript_us
+                            .push(t0.elapsed().as_micros() as u64);
+                    }
+                }
+            });
+        } else {
+            // The socket lives as long as its writer channel; keep it open for the run.
+            std::mem::forget(tx);
         }
-        let v = reqwest::Client::new();
-        let session = json!({ "site_key": tenant["site_key"] });
-        let session = http_json(
-            &v,
-            post.clone(),
-            format!("{base}/api/widget/session"),
-            None,
-            Some(session),
-        )
-        .await?;
-        let token = session["visitor_token"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let start = json!({ "department_id": dept, "name": format!("Visitor {i}") });
-        let conv = v
-            .post(format!("{base}/api/widget/conversations"))
-            .bearer_auth(&token)
-            .json(&start)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let conv: Value = conv.json().await.map_err(|e| e.to_string())?;
-        let conversation = conv["id"]
-            .as_str()
-            .ok_or(format!("start chat failed: {conv}"))?
-            .to_owned();
-        let vt = v
-            .post(format!("{base}/api/widget/ticket"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let vt: Value = vt.json().await.map_err(|e| e.to_string())?;
-        let mut visitor_ws =
-            open_socket(&ws_url, base, vt["ticket"].as_str().unwrap_or_default()).await?;
-        let resume = json!({ "type": "resume", "conversation_id": conversation, "since": 0 });
-        visitor_ws
-            .send(Message::text(resume.to_string()))
-            .await
-            .map_err(|e| e.to_string())?;
-        result.push(Pair {
-            visitor_tx: run_socket(visitor_ws, shared.clone(), "visitor"),
-            conversation,
-        });
     }
-    Ok(result)
+    target::for_each_bounded(pairs, 32, |i| {
+        let (bench, shared) = (bench.clone(), shared.clone());
+        async move {
+            let token = bench.visitor(i).await?;
+            let conversation = bench.start_chat(i, &token).await?;
+            let ticket = bench.visitor_ticket(i, &token).await?;
+            let ws = open_socket(&bench.ws_url, &ticket).await?;
+            let (ack_tx, acks) = mpsc::unbounded_channel();
+            let (visitor, _) = run_socket(ws, move |f, at| {
+                if f["type"] == "ack" {
+                    let _ = ack_tx.send(());
+                }
+                observe(&shared, Role::Visitor, &f, at);
+            });
+            let resume = json!({ "type": "resume", "conversation_id": conversation, "since": 0 });
+            visitor
+                .send(Message::text(resume.to_string()))
+                .map_err(|e| e.to_string())?;
+            Ok(Pair {
+                visitor,
+                conversation,
+                acks: Some(acks),
+            })
+        }
+    })
+    .await
 }
 
-async fn setup_relay(url: &str, pairs: usize, shared: &SharedState) -> Result<Vec<Pair>, String> {
-    let origin = url.replacen("ws://", "http://", 1);
+async fn relay_pairs(url: &str, pairs: usize, shared: &Shared) -> Result<Vec<Pair>, String> {
     let mut result = vec![];
     for i in 0..pairs {
-        let agent = open_socket(url, &origin, &format!("relay:{i}:agent")).await?;
-        let visitor = open_socket(url, &origin, &format!("relay:{i}:visitor")).await?;
-        run_socket(agent, shared.clone(), "agent");
+        let agent = open_socket(url, &format!("relay:{i}:agent")).await?;
+        let visitor = open_socket(url, &format!("relay:{i}:visitor")).await?;
+        let s = shared.clone();
+        let (agent_tx, _) = run_socket(agent, move |f, at| {
+            observe(&s, Role::Agent, &f, at);
+        });
+        std::mem::forget(agent_tx);
+        let s = shared.clone();
+        let (ack_tx, acks) = mpsc::unbounded_channel();
+        let (visitor, _) = run_socket(visitor, move |f, at| {
+            if f["type"] == "ack" {
+                let _ = ack_tx.send(());
+            }
+            observe(&s, Role::Visitor, &f, at);
+        });
         result.push(Pair {
-            visitor_tx: run_socket(visitor, shared.clone(), "visitor"),
+            visitor,
             conversation: format!("relay-{i}"),
+            acks: Some(acks),
         });
     }
     Ok(result)
 }
 
-async fn run_step(pairs: &[Pair], shared: &SharedState, rate: u64, secs: u64, step: usize) -> Step {
-    {
-        let mut s = lock(shared);
-        s.sent.clear();
-        s.ack_us.clear();
-        s.delivery_us.clear();
+fn send(shared: &Shared, pair: &Pair, id: String, n: u64) {
+    lock(shared).sent.insert(id.clone(), Instant::now());
+    let frame = json!({ "type": "send", "conversation_id": pair.conversation, "client_msg_id": id, "body": format!("load message {n}") });
+    let _ = pair.visitor.send(Message::text(frame.to_string()));
+}
+
+/// Wait (at most 5 s) until every message sent has been acked and delivered.
+async fn drain(shared: &Shared) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let done = {
+            let s = lock(shared);
+            s.ack_us.len() >= s.sent.len() && s.delivery_us.len() >= s.sent.len()
+        };
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+fn finish(
+    shared: &Shared,
+    offered: u64,
+    seconds: f64,
+    before: Option<Usage>,
+    after: Option<Usage>,
+) -> Step {
+    let s = lock(shared);
+    let acked = s.ack_us.len();
+    let per_msg = |f: &dyn Fn(&Usage) -> f64| match (before, after) {
+        (Some(b), Some(a)) if acked > 0 => Some((f(&a) - f(&b)) / acked as f64),
+        _ => None,
+    };
+    Step {
+        offered_per_sec: offered,
+        seconds,
+        sent: s.sent.len(),
+        acked,
+        delivered: s.delivery_us.len(),
+        achieved_per_sec: acked as f64 / seconds,
+        ack: summarize(s.ack_us.clone()),
+        delivery: summarize(s.delivery_us.clone()),
+        server_cpu_ms_per_msg: per_msg(&|u| u.cpu_secs * 1000.0),
+        server_bytes_written_per_msg: per_msg(&|u| u.write_bytes as f64),
+        transcript: (!s.transcript_us.is_empty()).then(|| summarize(s.transcript_us.clone())),
+    }
+}
+
+async fn open_loop_step(
+    pairs: &[Pair],
+    shared: &Shared,
+    rate: u64,
+    secs: u64,
+    step: usize,
+    server: Option<&Server>,
+) -> Step {
+    lock(shared).clear();
+    let before = server.map(Server::usage);
     let start = Instant::now();
     let total = rate * secs;
     let mut sent = 0u64;
@@ -447,39 +393,18 @@ async fn run_step(pairs: &[Pair], shared: &SharedState, rate: u64, secs: u64, st
         tick.tick().await;
         let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
         while sent < due {
-            let pair = &pairs[(sent as usize) % pairs.len()];
-            let id = format!("s{step}-{sent}");
-            lock(shared).sent.insert(id.clone(), Instant::now());
-            let frame = json!({ "type": "send", "conversation_id": pair.conversation, "client_msg_id": id, "body": format!("load message {sent}") });
-            let _ = pair.visitor_tx.send(Message::text(frame.to_string()));
+            send(
+                shared,
+                &pairs[(sent as usize) % pairs.len()],
+                format!("s{step}-{sent}"),
+                sent,
+            );
             sent += 1;
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    // Let the last answers arrive.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        let done = {
-            let s = lock(shared);
-            s.ack_us.len() as u64 >= total && s.delivery_us.len() as u64 >= total
-        };
-        if done {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let s = lock(shared);
-    let acked = s.ack_us.len();
-    Step {
-        offered_per_sec: rate,
-        seconds,
-        sent: sent as usize,
-        acked,
-        delivered: s.delivery_us.len(),
-        achieved_per_sec: acked as f64 / seconds,
-        ack: summarize(s.ack_us.clone()),
-        delivery: summarize(s.delivery_us.clone()),
-    }
+    drain(shared).await;
+    finish(shared, rate, seconds, before, server.map(Server::usage))
 }
 
 /// The highest offered rate with p99 ack under 20 ms and no shortfall.
@@ -495,59 +420,225 @@ pub fn knee(steps: &[Step]) -> Option<u64> {
         .max()
 }
 
-pub async fn run(args: SweepArgs) -> Result<(), String> {
-    if args.pairs == 0 || args.rates.is_empty() {
-        return Err("give at least one pair and one rate".into());
-    }
-    let shared: SharedState = Arc::default();
-    let server;
-    let (target, pairs) = match &args.relay {
-        Some(url) => (
-            "relay".to_owned(),
-            setup_relay(url, args.pairs, &shared).await?,
-        ),
-        None => {
-            server = spawn_server(&args)?;
-            eprintln!("parley at {} ({} pairs)", server.base, args.pairs);
-            (
-                "parley-sqlite".to_owned(),
-                setup_parley(&server, args.pairs, args.visitors_per_agent, &shared).await?,
-            )
-        }
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut steps = vec![];
+fn header() {
     eprintln!(
-        "{:>9} {:>9} {:>9} | {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8}",
-        "offered/s", "achieved", "acked", "ack p50", "p99", "p99.9", "max", "dlv p50", "dlv p99"
+        "{:>9} {:>9} {:>9} | {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8} | {:>7}",
+        "offered/s",
+        "achieved",
+        "acked",
+        "ack p50",
+        "p99",
+        "p99.9",
+        "max",
+        "dlv p50",
+        "dlv p99",
+        "cpu ms"
     );
+}
+
+fn print_step(s: &Step) {
+    eprintln!(
+        "{:>9} {:>9.0} {:>9} | {:>8.2} {:>8.2} {:>8.2} {:>8.2} | {:>8.2} {:>8.2} | {:>7}",
+        s.offered_per_sec,
+        s.achieved_per_sec,
+        s.acked,
+        s.ack.p50_ms,
+        s.ack.p99_ms,
+        s.ack.p999_ms,
+        s.ack.max_ms,
+        s.delivery.p50_ms,
+        s.delivery.p99_ms,
+        s.server_cpu_ms_per_msg
+            .map_or("-".into(), |c| format!("{c:.3}"))
+    );
+}
+
+fn command() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// Start Parley (or use the relay) and set up the pairs.
+async fn prepare(
+    load: &LoadArgs,
+    shared: &Shared,
+) -> Result<(String, Option<Parley>, Vec<Pair>), String> {
+    if load.pairs == 0 {
+        return Err("give at least one pair".into());
+    }
+    match &load.relay {
+        Some(url) => Ok((
+            "relay".into(),
+            None,
+            relay_pairs(url, load.pairs, shared).await?,
+        )),
+        None => {
+            let p = start_parley(&load.server).await?;
+            eprintln!("parley at {} ({} pairs)", p.server.base, load.pairs);
+            let pairs = parley_pairs(
+                &p,
+                load.pairs,
+                load.visitors_per_agent,
+                shared,
+                AgentPlay::default(),
+                0,
+            )
+            .await?;
+            Ok(("parley-sqlite".into(), Some(p), pairs))
+        }
+    }
+}
+
+pub async fn run(args: SweepArgs) -> Result<(), String> {
+    if args.rates.is_empty() {
+        return Err("give at least one rate".into());
+    }
+    let shared: Shared = Arc::default();
+    let (target, parley, pairs) = prepare(&args.load, &shared).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    header();
+    let mut steps = vec![];
     for (i, rate) in args.rates.iter().enumerate() {
-        let s = run_step(&pairs, &shared, *rate, args.step_secs, i).await;
-        eprintln!(
-            "{:>9} {:>9.0} {:>9} | {:>8.2} {:>8.2} {:>8.2} {:>8.2} | {:>8.2} {:>8.2}",
-            s.offered_per_sec,
-            s.achieved_per_sec,
-            s.acked,
-            s.ack.p50_ms,
-            s.ack.p99_ms,
-            s.ack.p999_ms,
-            s.ack.max_ms,
-            s.delivery.p50_ms,
-            s.delivery.p99_ms
-        );
+        let server = parley.as_ref().map(|p| &p.server);
+        let s = open_loop_step(&pairs, &shared, *rate, args.step_secs, i, server).await;
+        print_step(&s);
         steps.push(s);
     }
     let knee = knee(&steps);
-    let command: Vec<String> = std::env::args().collect();
     eprintln!(
         "knee (p99 ack < 20 ms, no shortfall): {}",
         knee.map_or("none".into(), |k| format!("{k}/s"))
     );
-    eprintln!("command: {}", command.join(" "));
+    eprintln!("command: {}", command());
+    if args.load.json {
+        println!(
+            "{}",
+            json!({ "scenario": "sweep", "target": target, "pairs": args.load.pairs, "steps": steps,
+                    "knee_per_sec": knee, "command": command() })
+        );
+    }
+    Ok(())
+}
+
+pub async fn saturation(args: SaturationArgs) -> Result<(), String> {
+    let shared: Shared = Arc::default();
+    let (target, parley, mut pairs) = prepare(&args.load, &shared).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock(&shared).clear();
+    let server = parley.as_ref().map(|p| &p.server);
+    let before = server.map(Server::usage);
+    let start = Instant::now();
+    let end = start + Duration::from_secs(args.secs);
+    // One message in flight per visitor; a visitor sends at most 19 a second (Parley allows 20
+    // frames a second per socket), so the generator's ceiling is 19 x pairs.
+    let gap = Duration::from_millis(53);
+    let mut tasks = vec![];
+    let count = pairs.len().max(1);
+    for (i, pair) in pairs.iter_mut().enumerate() {
+        let mut acks = pair.acks.take().ok_or("acks taken")?;
+        let (shared, tx, conversation) = (
+            shared.clone(),
+            pair.visitor.clone(),
+            pair.conversation.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let pair = Pair {
+                visitor: tx,
+                conversation,
+                acks: None,
+            };
+            let mut n = 0u64;
+            // Spread the first sends over one gap, or every visitor would send in step.
+            tokio::time::sleep(gap * i as u32 / count as u32).await;
+            while Instant::now() < end {
+                let t0 = tokio::time::Instant::now();
+                send(&shared, &pair, format!("c{i}-{n}"), n);
+                n += 1;
+                if tokio::time::timeout(Duration::from_secs(10), acks.recv())
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_none()
+                {
+                    break;
+                }
+                tokio::time::sleep_until(t0 + gap).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    drain(&shared).await;
+    let ceiling = 19 * pairs.len() as u64;
+    let step = finish(&shared, ceiling, seconds, before, server.map(Server::usage));
+    header();
+    print_step(&step);
+    let bound = step.achieved_per_sec > 0.9 * ceiling as f64;
+    eprintln!(
+        "saturation: {:.0} durably acknowledged messages/s{}",
+        step.achieved_per_sec,
+        if bound {
+            " (at the generator's ceiling: add pairs)"
+        } else {
+            ""
+        }
+    );
+    eprintln!("command: {}", command());
+    if args.load.json {
+        println!(
+            "{}",
+            json!({ "scenario": "saturation", "target": target, "pairs": args.load.pairs, "step": step,
+                    "saturation_per_sec": step.achieved_per_sec, "generator_bound": bound, "command": command() })
+        );
+    }
+    Ok(())
+}
+
+pub async fn fanout(args: FanoutArgs) -> Result<(), String> {
+    let shared: Shared = Arc::default();
+    let mut steps = vec![];
+    let p = start_parley(&args.server).await?;
+    eprintln!("parley at {}", p.server.base);
+    let mut agent_base = 0;
+    header();
+    for (i, per_agent) in args.per_agent.iter().enumerate() {
+        let play = AgentPlay {
+            answer_every: args.answer_every.max(1),
+            transcript_every: Some(Duration::from_millis(args.transcript_every_ms.max(50))),
+            stop: Arc::default(),
+        };
+        let stop = play.stop.clone();
+        let pairs = parley_pairs(&p, args.pairs, *per_agent, &shared, play, agent_base).await?;
+        agent_base += args.pairs.div_ceil(*per_agent);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let s = open_loop_step(
+            &pairs,
+            &shared,
+            args.rate,
+            args.step_secs,
+            i,
+            Some(&p.server),
+        )
+        .await;
+        print_step(&s);
+        if let Some(t) = &s.transcript {
+            eprintln!(
+                "  {per_agent} visitors per agent: transcript fetch p50 {:.2} ms, p99 {:.2} ms ({} fetches)",
+                t.p50_ms, t.p99_ms, t.count
+            );
+        }
+        steps.push(json!({ "visitors_per_agent": per_agent, "step": s }));
+        // End these chats' load: the next step brings fresh agents and visitors.
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(pairs);
+    }
+    eprintln!("command: {}", command());
     if args.json {
         println!(
             "{}",
-            json!({ "scenario": "sweep", "target": target, "pairs": args.pairs, "steps": steps, "knee_per_sec": knee, "command": command.join(" ") })
+            json!({ "scenario": "fanout", "target": "parley-sqlite", "pairs": args.pairs, "rate": args.rate,
+                    "answer_every": args.answer_every, "steps": steps, "command": command() })
         );
     }
     Ok(())

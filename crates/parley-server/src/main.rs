@@ -47,6 +47,14 @@ enum Command {
     /// Check the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Run the load generator (`parley-load`, installed next to this binary) against a fresh
+    /// Parley: `parley bench sweep --rates 1000,3000`, `parley bench idle`, ... (`parley bench
+    /// --help` lists the scenarios). See docs/BENCHMARKS.md.
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -99,6 +107,9 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Bench { args } = &cli.command {
+        return bench(args);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -113,6 +124,26 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(message) => {
             eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `parley bench …` is `parley-load …`, the load generator shipped beside the server.
+fn bench(args: &[String]) -> ExitCode {
+    let load = std::env::current_exe().map(|p| p.with_file_name("parley-load"));
+    let Ok(load) = load else {
+        eprintln!("error: cannot find this program's own path");
+        return ExitCode::FAILURE;
+    };
+    match std::process::Command::new(&load).args(args).status() {
+        Ok(status) if status.success() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!(
+                "error: cannot run {}: {e}; build it with `cargo build --release -p parley-load`",
+                load.display()
+            );
             ExitCode::FAILURE
         }
     }
@@ -207,6 +238,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench { args } => Ok(bench(&args)),
         Command::Audit(AuditCommand::Verify { tenant, json }) => {
             let tenant = tenant
                 .parse()

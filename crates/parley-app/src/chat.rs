@@ -26,7 +26,8 @@ use parley_crypto::{TenantCipher, random_token, sha256};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// A visitor, as named by their token.
 #[derive(Debug, Clone, Copy)]
@@ -165,6 +166,15 @@ pub enum TransferTarget {
     Agent(UserId),
     Department(DepartmentId),
 }
+
+/// Per department: is a walk of its queue running, and has another round been asked for.
+#[derive(Default)]
+pub(crate) struct RoutingPass {
+    walking: tokio::sync::Mutex<()>,
+    again: AtomicBool,
+}
+
+pub(crate) type RoutingPasses = Arc<Mutex<HashMap<(TenantId, DepartmentId), Arc<RoutingPass>>>>;
 
 fn conflict_to_domain(e: AppError) -> AppError {
     match e {
@@ -1351,11 +1361,36 @@ impl App {
     }
 
     /// Route every waiting chat of a department, oldest first, while agents have room.
+    ///
+    /// Walks are coalesced per department on this node: while one runs, callers only ask for
+    /// another round and return; the running walk goes round again before it stops, so every
+    /// chat queued before a call is considered after it. (Without this, many chats starting at
+    /// once each walked the same queue and raced each other for the same chats.)
     pub async fn route_department(
         &self,
         tenant: TenantId,
         department: DepartmentId,
     ) -> Result<(), AppError> {
+        let pass = self
+            .routing_passes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((tenant, department))
+            .or_default()
+            .clone();
+        pass.again.store(true, Ordering::SeqCst);
+        loop {
+            let Ok(_walking) = pass.walking.try_lock() else {
+                return Ok(());
+            };
+            if !pass.again.swap(false, Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.walk_queue(tenant, department).await?;
+        }
+    }
+
+    async fn walk_queue(&self, tenant: TenantId, department: DepartmentId) -> Result<(), AppError> {
         for c in self
             .store
             .conversations_by_status(tenant, ConversationStatus::Queued, Some(department))

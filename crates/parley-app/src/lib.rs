@@ -70,6 +70,8 @@ pub struct App {
     pub hub: Arc<Hub>,
     /// Decrypted display names per tenant, for chat events (see `chat::agent_names_for`).
     pub(crate) names: NameCache,
+    /// One walk of a department's queue at a time on this node (see `chat::route_department`).
+    pub(crate) routing_passes: chat::RoutingPasses,
 }
 
 impl App {
@@ -81,6 +83,7 @@ impl App {
             throttle: Arc::new(Throttle::default()),
             hub: Arc::new(Hub::default()),
             names: Arc::default(),
+            routing_passes: Arc::default(),
         }
     }
 

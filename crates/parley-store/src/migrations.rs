@@ -21,6 +21,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0002_chat.sql"),
         postgres: include_str!("../migrations/postgres/0002_chat.sql"),
     },
+    Migration {
+        version: 3,
+        name: "offer_index",
+        sqlite: include_str!("../migrations/sqlite/0003_offer_index.sql"),
+        postgres: include_str!("../migrations/postgres/0003_offer_index.sql"),
+    },
 ];
 
 pub fn latest_version() -> i64 {

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Draws docs/benchmarks-sweep.svg from bench/results: p99 ack latency against offered rate,
-Parley and the relay (medians of the runs), log scales. No plotting library needed."""
+Parley, the relay and ejabberd (medians of the runs), log scales. No plotting library needed."""
 import glob, json, math, statistics, sys
 
 out_dir = sys.argv[1] if len(sys.argv) > 1 else "bench/results"
 target = sys.argv[2] if len(sys.argv) > 2 else "docs/benchmarks-sweep.svg"
 series = {}
-for name in ["parley-sqlite", "relay"]:
+for name in ["parley-sqlite", "relay", "ejabberd"]:
     runs = [json.load(open(f)) for f in sorted(glob.glob(f"{out_dir}/sweep-{name}-*.json"))]
     if not runs:
         continue
@@ -33,8 +33,9 @@ for x in sorted(set(xs)):
 svg.append(f'<text x="{W/2}" y="{H-15}" text-anchor="middle">offered messages per second</text>')
 y20 = py(20)
 svg.append(f'<line x1="{L}" x2="{W-R}" y1="{y20}" y2="{y20}" stroke="#b42318" stroke-dasharray="6 4"/><text x="{W-R-4}" y="{y20-6}" text-anchor="end" fill="#b42318">20 ms: the knee limit</text>')
-colors = {"parley-sqlite": "#2857d6", "relay": "#127a3e"}
-labels = {"parley-sqlite": "Parley (SQLite, durable ack)", "relay": "bare relay (no storage)"}
+colors = {"parley-sqlite": "#2857d6", "relay": "#127a3e", "ejabberd": "#b26a00"}
+labels = {"parley-sqlite": "Parley (SQLite, durable ack)", "relay": "bare relay (no storage)",
+          "ejabberd": "ejabberd (XMPP, stream-management ack, MAM on SQLite)"}
 for i, (name, pts) in enumerate(series.items()):
     path = " ".join(f"{'M' if j == 0 else 'L'}{px(x):.1f},{py(y):.1f}" for j, (x, y) in enumerate(pts))
     svg.append(f'<path d="{path}" fill="none" stroke="{colors[name]}" stroke-width="2.5"/>')

@@ -13,6 +13,7 @@ mod resume;
 mod stats;
 mod sweep;
 mod target;
+mod xmpp;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -127,6 +127,7 @@ impl Client {
             json!({ "type": "resume", "conversation_id": self.conversation, "since": since });
         tx.send(Message::text(resume.to_string()))
             .map_err(|e| e.to_string())?;
+        crate::target::keep_alive(&tx);
         *lock(&self.tx) = Some(tx);
         *lock(&self.reader) = Some(reader);
         self.wait(|s| s.resumed, Duration::from_secs(30)).await?;
@@ -189,8 +190,15 @@ async fn new_clients(
     n: usize,
     width: usize,
 ) -> Result<Vec<Arc<Client>>, String> {
+    let t = Instant::now();
     target::for_each_bounded(n.div_ceil(50), 2, |i| bench.agent(i, 50)).await?;
-    target::for_each_bounded(n, width, |i| {
+    eprintln!(
+        "{} agents online in {:.1} s",
+        n.div_ceil(50),
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let clients = target::for_each_bounded(n, width, |i| {
         let bench = bench.clone();
         async move {
             let token = bench.visitor(i).await?;
@@ -208,7 +216,12 @@ async fn new_clients(
             Ok(c)
         }
     })
-    .await
+    .await?;
+    eprintln!(
+        "{n} visitors in chats and connected in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(clients)
 }
 
 /// What the history check found.

@@ -34,6 +34,16 @@ pub struct LoadArgs {
     /// Drive a relay at this WebSocket URL instead of spawning Parley.
     #[arg(long)]
     pub relay: Option<String>,
+    /// Drive an XMPP server at this WebSocket URL instead (the ejabberd peer, e.g.
+    /// ws://127.0.0.1:5280/xmpp-websocket); users are registered through --xmpp-api.
+    #[arg(long, requires = "xmpp_api")]
+    pub xmpp: Option<String>,
+    /// The XMPP server's HTTP API, e.g. http://127.0.0.1:5280/api.
+    #[arg(long)]
+    pub xmpp_api: Option<String>,
+    /// The XMPP domain.
+    #[arg(long, default_value = "localhost")]
+    pub xmpp_domain: String,
     /// Print one JSON object on stdout (the human summary goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -162,7 +172,10 @@ fn observe(shared: &Shared, role: Role, f: &Value, at: Instant) -> Option<String
 
 struct Pair {
     visitor: mpsc::UnboundedSender<Message>,
+    /// Parley's conversation id, or the agent's JID for XMPP.
     conversation: String,
+    /// Stream-management counters of the visitor's XMPP socket.
+    xmpp: Option<crate::xmpp::Shared>,
     /// Acks of this visitor's messages (for the closed loop).
     acks: Option<mpsc::UnboundedReceiver<()>>,
 }
@@ -235,6 +248,7 @@ async fn parley_pairs(
                 }
             });
             *tx_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.0.clone());
+            target::keep_alive(&r.0);
             r
         };
         if let Some(every) = play.transcript_every {
@@ -285,6 +299,7 @@ async fn parley_pairs(
                 }
                 observe(&shared, Role::Visitor, &f, at);
             });
+            target::keep_alive(&visitor);
             let resume = json!({ "type": "resume", "conversation_id": conversation, "since": 0 });
             visitor
                 .send(Message::text(resume.to_string()))
@@ -292,7 +307,82 @@ async fn parley_pairs(
             Ok(Pair {
                 visitor,
                 conversation,
+                xmpp: None,
                 acks: Some(acks),
+            })
+        }
+    })
+    .await
+}
+
+/// Record what an XMPP frame closes, and answer the server's ack requests.
+fn observe_xmpp(
+    shared: &Shared,
+    counters: &crate::xmpp::Shared,
+    tx: &Mutex<Option<mpsc::UnboundedSender<Message>>>,
+    frame: &str,
+    at: Instant,
+) {
+    let (acked, delivered, answer) = crate::xmpp::incoming(counters, frame);
+    if let Some(a) = answer
+        && let Some(tx) = tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+    {
+        let _ = tx.send(Message::text(a));
+    }
+    if acked.is_empty() && delivered.is_none() {
+        return;
+    }
+    let mut s = lock(shared);
+    for id in acked {
+        if let Some(sent) = s.sent.get(&id).copied() {
+            s.ack_us.push(at.duration_since(sent).as_micros() as u64);
+        }
+    }
+    if let Some(id) = delivered
+        && let Some(sent) = s.sent.get(&id).copied()
+    {
+        s.delivery_us
+            .push(at.duration_since(sent).as_micros() as u64);
+    }
+}
+
+/// An XMPP socket, signed in, with its counters and its writer.
+async fn xmpp_socket(
+    url: &str,
+    domain: &str,
+    user: &str,
+    shared: &Shared,
+) -> Result<(mpsc::UnboundedSender<Message>, crate::xmpp::Shared), String> {
+    let ws = crate::xmpp::login(url, domain, user).await?;
+    let counters = crate::xmpp::Shared::default();
+    let slot: Arc<Mutex<Option<mpsc::UnboundedSender<Message>>>> = Arc::default();
+    let (s, c, sl) = (shared.clone(), counters.clone(), slot.clone());
+    let (tx, _) = target::run_socket_raw(ws, move |f, at| observe_xmpp(&s, &c, &sl, f, at));
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+    Ok((tx, counters))
+}
+
+async fn xmpp_pairs(
+    url: &str,
+    api: &str,
+    domain: &str,
+    pairs: usize,
+    shared: &Shared,
+) -> Result<Vec<Pair>, String> {
+    target::for_each_bounded(pairs, 16, |i| {
+        let shared = shared.clone();
+        async move {
+            let (visitor, agent) = (format!("v{i}"), format!("a{i}"));
+            crate::xmpp::register(api, domain, &visitor).await?;
+            crate::xmpp::register(api, domain, &agent).await?;
+            let (agent_tx, _) = xmpp_socket(url, domain, &agent, &shared).await?;
+            std::mem::forget(agent_tx);
+            let (visitor_tx, counters) = xmpp_socket(url, domain, &visitor, &shared).await?;
+            Ok(Pair {
+                visitor: visitor_tx,
+                conversation: format!("{agent}@{domain}"),
+                xmpp: Some(counters),
+                acks: None,
             })
         }
     })
@@ -320,6 +410,7 @@ async fn relay_pairs(url: &str, pairs: usize, shared: &Shared) -> Result<Vec<Pai
         result.push(Pair {
             visitor,
             conversation: format!("relay-{i}"),
+            xmpp: None,
             acks: Some(acks),
         });
     }
@@ -328,6 +419,12 @@ async fn relay_pairs(url: &str, pairs: usize, shared: &Shared) -> Result<Vec<Pai
 
 fn send(shared: &Shared, pair: &Pair, id: String, n: u64) {
     lock(shared).sent.insert(id.clone(), Instant::now());
+    if let Some(c) = &pair.xmpp {
+        for f in crate::xmpp::message(c, &pair.conversation, &id, &format!("load message {n}")) {
+            let _ = pair.visitor.send(Message::text(f));
+        }
+        return;
+    }
     let frame = json!({ "type": "send", "conversation_id": pair.conversation, "client_msg_id": id, "body": format!("load message {n}") });
     let _ = pair.visitor.send(Message::text(frame.to_string()));
 }
@@ -465,6 +562,10 @@ async fn prepare(
     if load.pairs == 0 {
         return Err("give at least one pair".into());
     }
+    if let (Some(url), Some(api)) = (&load.xmpp, &load.xmpp_api) {
+        let pairs = xmpp_pairs(url, api, &load.xmpp_domain, load.pairs, shared).await?;
+        return Ok(("ejabberd".into(), None, pairs));
+    }
     match &load.relay {
         Some(url) => Ok((
             "relay".into(),
@@ -520,6 +621,11 @@ pub async fn run(args: SweepArgs) -> Result<(), String> {
 }
 
 pub async fn saturation(args: SaturationArgs) -> Result<(), String> {
+    if args.load.xmpp.is_some() {
+        return Err(
+            "saturation runs against Parley or the relay (use sweep for the XMPP peer)".into(),
+        );
+    }
     let shared: Shared = Arc::default();
     let (target, parley, mut pairs) = prepare(&args.load, &shared).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -544,6 +650,7 @@ pub async fn saturation(args: SaturationArgs) -> Result<(), String> {
             let pair = Pair {
                 visitor: tx,
                 conversation,
+                xmpp: None,
                 acks: None,
             };
             let mut n = 0u64;

@@ -460,8 +460,9 @@ impl Bench {
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Open a socket from the next source address and say hello; returns once `ready` came back.
-pub async fn open_socket(url: &str, ticket: &str) -> Result<Ws, String> {
+/// Open a WebSocket from the next source address (as a page on the server's origin would),
+/// asking for `protocol` if given.
+pub async fn connect_ws(url: &str, protocol: Option<&str>) -> Result<Ws, String> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = url.into_client_request().map_err(|e| e.to_string())?;
     let host = url
@@ -472,6 +473,12 @@ pub async fn open_socket(url: &str, ticket: &str) -> Result<Ws, String> {
     let origin = format!("http://{host}");
     req.headers_mut()
         .insert("origin", origin.parse().map_err(|_| "bad origin")?);
+    if let Some(p) = protocol {
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            p.parse().map_err(|_| "bad protocol")?,
+        );
+    }
     let server: SocketAddr = host
         .parse()
         .map_err(|_| format!("{url}: give the server as IP:port"))?;
@@ -484,16 +491,24 @@ pub async fn open_socket(url: &str, ticket: &str) -> Result<Ws, String> {
         .connect(server)
         .await
         .map_err(|e| format!("{url}: {e}"))?;
+    // Frames go out as they are written (an XMPP message and its ack request are two frames).
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
     config.read_buffer_size = 4 * 1024;
     config.write_buffer_size = 0;
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
         req,
         tokio_tungstenite::MaybeTlsStream::Plain(stream),
         Some(config),
     )
     .await
     .map_err(|e| format!("{url}: {e}"))?;
+    Ok(ws)
+}
+
+/// Open a Parley socket and say hello; returns once `ready` came back.
+pub async fn open_socket(url: &str, ticket: &str) -> Result<Ws, String> {
+    let mut ws = connect_ws(url, None).await?;
     ws.send(Message::text(
         json!({ "type": "hello", "ticket": ticket }).to_string(),
     ))
@@ -512,6 +527,34 @@ pub fn run_socket(
     ws: Ws,
     mut on_frame: impl FnMut(Value, Instant) + Send + 'static,
 ) -> (mpsc::UnboundedSender<Message>, tokio::task::JoinHandle<()>) {
+    run_socket_raw(ws, move |t, at| {
+        if let Ok(f) = serde_json::from_str::<Value>(t) {
+            on_frame(f, at);
+        }
+    })
+}
+
+/// Ping every 20 s, as the widget and the console do (Parley closes a socket that is silent for
+/// 75 s), for as long as the socket's writer is there.
+pub fn keep_alive(tx: &mpsc::UnboundedSender<Message>) {
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(20));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if tx.send(Message::text(r#"{"type":"ping"}"#)).is_err() || tx.is_closed() {
+                break;
+            }
+        }
+    });
+}
+
+/// `run_socket` for frames that are not JSON (XMPP): each text frame as it came.
+pub fn run_socket_raw(
+    ws: Ws,
+    mut on_frame: impl FnMut(&str, Instant) + Send + 'static,
+) -> (mpsc::UnboundedSender<Message>, tokio::task::JoinHandle<()>) {
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     let writer = tokio::spawn(async move {
@@ -525,10 +568,7 @@ pub fn run_socket(
     let reader = tokio::spawn(async move {
         while let Some(Ok(m)) = stream.next().await {
             let Message::Text(t) = m else { continue };
-            let now = Instant::now();
-            if let Ok(f) = serde_json::from_str::<Value>(&t) {
-                on_frame(f, now);
-            }
+            on_frame(t.as_str(), Instant::now());
         }
         writer.abort();
     });

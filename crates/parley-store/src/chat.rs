@@ -805,6 +805,10 @@ const MAX_BATCH: usize = 512;
 /// in one transaction, commits once, and only then answers each. While it commits, the next batch
 /// gathers, so batches grow with the load and no timer adds latency.
 pub(crate) async fn append_writer(store: SqlStore, mut requests: mpsc::Receiver<Write>) {
+    // SQLite: the log is copied back into the database by a task of its own, on its own
+    // connection, so that no commit waits for a checkpoint (see SQLITE_PRAGMAS).
+    let checkpointer = (store.backend == crate::sql::Backend::Sqlite)
+        .then(|| tokio::spawn(checkpoint_loop(store.pool.clone())));
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = requests.recv().await {
         batch.push(first);
@@ -820,6 +824,24 @@ pub(crate) async fn append_writer(store: SqlStore, mut requests: mpsc::Receiver<
                 .zip(done)
                 .for_each(|(w, d)| answer(w, Ok(d))),
             Err(e) => batch.drain(..).for_each(|w| answer(w, Err(e.clone()))),
+        }
+    }
+    if let Some(c) = checkpointer {
+        c.abort();
+    }
+}
+
+/// Checkpoint SQLite's write-ahead log every quarter second (passive: it copies what no reader
+/// still needs and never blocks the writer).
+async fn checkpoint_loop(pool: sqlx::AnyPool) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %db(e), "checkpointing the write-ahead log failed");
         }
     }
 }

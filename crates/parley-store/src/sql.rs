@@ -40,6 +40,9 @@ const SQLITE_PRAGMAS: &[&str] = &[
     "PRAGMA synchronous = FULL",
     "PRAGMA foreign_keys = ON",
     "PRAGMA busy_timeout = 10000",
+    // Checkpoints run in a task of their own (chat::append_writer), not in whichever commit
+    // crosses the size threshold.
+    "PRAGMA wal_autocheckpoint = 0",
 ];
 
 #[derive(Debug, Clone)]

@@ -167,6 +167,12 @@ pub enum TransferTarget {
     Department(DepartmentId),
 }
 
+/// How soon a change of a department's queue reaches its waiting visitors and its consoles.
+const QUEUE_UPDATE_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Departments with a queue update due.
+pub(crate) type QueueUpdates = Arc<Mutex<std::collections::HashSet<(TenantId, DepartmentId)>>>;
+
 /// Per department: is a walk of its queue running, and has another round been asked for.
 #[derive(Default)]
 pub(crate) struct RoutingPass {
@@ -1411,8 +1417,37 @@ impl App {
     }
 
     /// Tell each waiting visitor of a department their place and an estimated wait, and the
-    /// department's consoles that the queue changed.
+    /// department's consoles that the queue changed, within `QUEUE_UPDATE_AFTER`. Updates are
+    /// coalesced per department: a queue of N chats costs N frames per round, not N frames per
+    /// chat that joins or leaves it (which made a long queue quadratic).
     pub async fn publish_queue(
+        &self,
+        tenant: TenantId,
+        department: DepartmentId,
+    ) -> Result<(), AppError> {
+        let first = self
+            .queue_updates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((tenant, department));
+        if first {
+            let app = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(QUEUE_UPDATE_AFTER).await;
+                // Taken off before publishing: a change while this round runs asks for another.
+                app.queue_updates
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&(tenant, department));
+                if let Err(e) = app.publish_queue_now(tenant, department).await {
+                    tracing::warn!(error = %e, "publishing queue positions failed");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn publish_queue_now(
         &self,
         tenant: TenantId,
         department: DepartmentId,

@@ -72,6 +72,8 @@ pub struct App {
     pub(crate) names: NameCache,
     /// One walk of a department's queue at a time on this node (see `chat::route_department`).
     pub(crate) routing_passes: chat::RoutingPasses,
+    /// Departments whose waiting visitors are due a queue update (see `chat::publish_queue`).
+    pub(crate) queue_updates: chat::QueueUpdates,
 }
 
 impl App {
@@ -84,6 +86,7 @@ impl App {
             hub: Arc::new(Hub::default()),
             names: Arc::default(),
             routing_passes: Arc::default(),
+            queue_updates: Arc::default(),
         }
     }
 

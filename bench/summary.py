@@ -7,7 +7,13 @@ out = sys.argv[1] if len(sys.argv) > 1 else "bench/results"
 
 
 def runs(pattern):
-    return [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{pattern}"))]
+    found = []
+    for f in sorted(glob.glob(f"{out}/{pattern}")):
+        try:
+            found.append(json.load(open(f)))
+        except ValueError:
+            print(f"(skipping {f}: not a finished result)", file=sys.stderr)
+    return found
 
 
 def med(values):

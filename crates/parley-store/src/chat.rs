@@ -858,7 +858,8 @@ fn answer(w: Write, outcome: StoreResult<Done>) {
 }
 
 /// Sequence numbers handed out in this batch but not yet written to `conversations.last_seq`:
-/// plain messages write only their event and the counter is brought up once per conversation.
+/// on SQLite plain messages write only their event and the counter is brought up once per
+/// conversation (on PostgreSQL each message updates it, inside its own savepoint).
 type PendingSeqs = HashMap<(TenantId, ConversationId), i64>;
 
 async fn flush_seqs(tx: &mut Tx, pending: &mut PendingSeqs) -> StoreResult<()> {
@@ -994,7 +995,18 @@ async fn append_message(
     let seq = pending.get(&(tenant, cid)).copied().unwrap_or(stored) + 1;
     let body_ct = r.body.as_ref().map(|seal| seal(seq));
     insert_event(tx, tenant, cid, seq, &r.event, body_ct).await?;
-    pending.insert((tenant, cid), seq);
+    if postgres {
+        // Each write has its own savepoint there: keep the counter inside it too.
+        sqlx::query("UPDATE conversations SET last_seq = $1 WHERE tenant_id = $2 AND id = $3")
+            .bind(seq)
+            .bind(tenant.to_string())
+            .bind(cid.to_string())
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+    } else {
+        pending.insert((tenant, cid), seq);
+    }
     Ok(Ok(Appended {
         seq,
         at: r.event.at,

@@ -63,9 +63,7 @@ pub async fn serve(listen: &str) -> Result<(), String> {
                             };
                             me = Some(format!("{pair}:{role}"));
                             peer_key = Some(format!("{pair}:{other}"));
-                            peers
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
+                            crate::target::lock(&peers)
                                 .insert(format!("{pair}:{role}"), tx.clone());
                             let _ = tx.send(Message::text(json!({ "type": "ready" }).to_string()));
                         }
@@ -75,13 +73,10 @@ pub async fn serve(listen: &str) -> Result<(), String> {
                         let _ = tx.send(Message::text(
                             json!({ "type": "ack", "client_msg_id": f["client_msg_id"], "seq": n, "duplicate": false }).to_string(),
                         ));
-                        if let Some(p) = peer_key.as_ref().and_then(|k| {
-                            peers
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get(k)
-                                .cloned()
-                        }) {
+                        if let Some(p) = peer_key
+                            .as_ref()
+                            .and_then(|k| crate::target::lock(&peers).get(k).cloned())
+                        {
                             let _ = p.send(Message::text(
                                 json!({ "type": "event", "kind": "message", "seq": n, "client_msg_id": f["client_msg_id"], "body": f["body"] })
                                     .to_string(),
@@ -95,7 +90,7 @@ pub async fn serve(listen: &str) -> Result<(), String> {
                 }
             }
             if let Some(me) = me {
-                peers.lock().unwrap_or_else(|p| p.into_inner()).remove(&me);
+                crate::target::lock(&peers).remove(&me);
             }
             writer.abort();
         });

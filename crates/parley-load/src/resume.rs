@@ -8,7 +8,7 @@
 //! - every conversation's log is gapless (1..n);
 //! - no client missed an event up to the last one it saw (live or on resume).
 
-use crate::target::{self, Bench, Server, ServerArgs, open_socket, run_socket};
+use crate::target::{self, Bench, Server, ServerArgs, lock, open_socket, run_socket};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -76,10 +76,6 @@ struct Client {
     tx: Mutex<Option<mpsc::UnboundedSender<Message>>>,
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     changed: Notify,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Client {

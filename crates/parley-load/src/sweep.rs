@@ -11,7 +11,7 @@
 //!   the highest sustained durable rate.
 
 use crate::stats::{Latency, summarize};
-use crate::target::{self, Bench, Server, ServerArgs, Usage, open_socket, run_socket};
+use crate::target::{self, Bench, Server, ServerArgs, Usage, lock, open_socket, run_socket};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -122,10 +122,6 @@ struct Recorder {
 
 type Shared = Arc<Mutex<Recorder>>;
 
-fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Recorder> {
-    s.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Recorder {
     fn clear(&mut self) {
         self.sent.clear();
@@ -229,7 +225,7 @@ async fn parley_pairs(
                 let Some(conv) = observe(&shared2, Role::Agent, &f, at) else {
                     return;
                 };
-                let mut s = seen2.lock().unwrap_or_else(|p| p.into_inner());
+                let mut s = lock(&seen2);
                 if !s.contains(&conv) {
                     s.push(conv.clone());
                 }
@@ -239,7 +235,7 @@ async fn parley_pairs(
                 }
                 let n = answers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n % answer_every == answer_every - 1
-                    && let Some(tx) = slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+                    && let Some(tx) = lock(&slot).as_ref()
                 {
                     let id = format!("a{}-{n}", conv);
                     lock(&shared2).sent.insert(id.clone(), Instant::now());
@@ -247,7 +243,7 @@ async fn parley_pairs(
                     let _ = tx.send(Message::text(frame.to_string()));
                 }
             });
-            *tx_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.0.clone());
+            *lock(&tx_slot) = Some(r.0.clone());
             target::keep_alive(&r.0);
             r
         };
@@ -265,7 +261,7 @@ async fn parley_pairs(
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     tick.tick().await;
                     let conv = {
-                        let s = seen.lock().unwrap_or_else(|p| p.into_inner());
+                        let s = lock(&seen);
                         if s.is_empty() {
                             continue;
                         }
@@ -325,7 +321,7 @@ fn observe_xmpp(
 ) {
     let (acked, delivered, answer) = crate::xmpp::incoming(counters, frame);
     if let Some(a) = answer
-        && let Some(tx) = tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+        && let Some(tx) = lock(tx).as_ref()
     {
         let _ = tx.send(Message::text(a));
     }
@@ -358,7 +354,7 @@ async fn xmpp_socket(
     let slot: Arc<Mutex<Option<mpsc::UnboundedSender<Message>>>> = Arc::default();
     let (s, c, sl) = (shared.clone(), counters.clone(), slot.clone());
     let (tx, _) = target::run_socket_raw(ws, move |f, at| observe_xmpp(&s, &c, &sl, f, at));
-    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+    *lock(&slot) = Some(tx.clone());
     Ok((tx, counters))
 }
 

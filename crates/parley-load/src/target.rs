@@ -13,6 +13,12 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Lock a mutex; a panic elsewhere while it was held leaves the data as it was, which is fine
+/// for counters and samples.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Where the server comes from and where it runs.
 #[derive(clap::Args, Clone)]
 pub struct ServerArgs {

@@ -5,7 +5,7 @@
 //! SQLite stands in for Parley's "stored before acknowledged". Users are registered through
 //! ejabberd's HTTP API (see bench/peers/ejabberd/).
 
-use crate::target::Ws;
+use crate::target::{Ws, lock};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -122,10 +122,6 @@ pub struct Counters {
 }
 
 pub type Shared = Arc<Mutex<Counters>>;
-
-pub fn lock(c: &Shared) -> std::sync::MutexGuard<'_, Counters> {
-    c.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The frames for one chat message and the ack request after it; records its stanza number.
 /// Our presence was stanza 1.

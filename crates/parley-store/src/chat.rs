@@ -917,10 +917,9 @@ async fn commit_batch(store: &SqlStore, batch: &[Write]) -> StoreResult<Vec<Done
             Write::Touch(r) => Done::Touched(touch_in_tx(&mut tx, r).await),
         };
         let failed = matches!(&result, Done::Appended(Err(_)) | Done::Touched(Err(_)));
-        if failed && !savepoint {
-            // Only refusals decided before anything was written come back here (see
-            // `append_message`), so there is nothing to undo.
-        } else if failed {
+        // Without a savepoint only refusals decided before anything was written fail (see
+        // `append_message`): there is nothing to undo.
+        if failed && savepoint {
             sqlx::query("ROLLBACK TO SAVEPOINT write")
                 .execute(&mut *tx)
                 .await

@@ -331,17 +331,15 @@ pub async fn storm(args: StormArgs) -> Result<(), String> {
         let (bench, c) = (bench.clone(), clients[i].clone());
         async move {
             let id = format!("away-{}", c.i);
-            let r = target::http_json(
-                &reqwest::Client::new(),
-                reqwest::Method::POST,
-                format!(
-                    "{}/api/widget/conversations/{}/messages",
-                    bench.base, c.conversation
-                ),
-                target::Auth::Bearer(&c.token),
-                Some(json!({ "client_msg_id": id, "body": "written while away" })),
-            )
-            .await?;
+            let r = bench
+                .visitor_request(
+                    c.i,
+                    reqwest::Method::POST,
+                    &format!("/api/widget/conversations/{}/messages", c.conversation),
+                    target::Auth::Bearer(&c.token),
+                    Some(json!({ "client_msg_id": id, "body": "written while away" })),
+                )
+                .await?;
             let seq = r["seq"].as_i64().ok_or("no seq")?;
             lock(&c.seen).acked.insert(id, seq);
             Ok(())

@@ -239,6 +239,8 @@ pub enum Auth<'a> {
 /// How many connections share one source address. Parley allows 200 sockets per client IP;
 /// the generator spreads its connections over 127.0.0.0/8 as real clients come from many hosts.
 const PER_SOURCE: usize = 150;
+/// Visitor HTTP requests in flight at once (see `Bench::visitor_request`).
+const VISITOR_HTTP_IN_FLIGHT: usize = 512;
 static SOCKETS_OPENED: AtomicUsize = AtomicUsize::new(0);
 
 fn source(n: usize) -> Ipv4Addr {
@@ -287,6 +289,7 @@ pub struct Bench {
     admin: Console,
     /// HTTP clients for visitors, one per source address.
     visitor_http: Vec<reqwest::Client>,
+    visitor_slots: tokio::sync::Semaphore,
 }
 
 impl Bench {
@@ -337,6 +340,7 @@ impl Bench {
             department,
             admin,
             visitor_http,
+            visitor_slots: tokio::sync::Semaphore::new(VISITOR_HTTP_IN_FLIGHT),
         })
     }
 
@@ -394,20 +398,38 @@ impl Bench {
         .await
     }
 
-    fn visitor_client(&self, i: usize) -> &reqwest::Client {
-        &self.visitor_http[(i / PER_SOURCE) % self.visitor_http.len()]
+    /// A visitor's HTTP request, from that visitor's source address. At most
+    /// `VISITOR_HTTP_IN_FLIGHT` run at once: ten thousand reconnecting visitors asking for
+    /// tickets together would otherwise hold ten thousand extra sockets in this one process (as
+    /// many as their WebSockets), past its open-files limit.
+    pub async fn visitor_request(
+        &self,
+        i: usize,
+        method: reqwest::Method,
+        path: &str,
+        auth: Auth<'_>,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        let _slot = self
+            .visitor_slots
+            .acquire()
+            .await
+            .map_err(|e| e.to_string())?;
+        let client = &self.visitor_http[(i / PER_SOURCE) % self.visitor_http.len()];
+        http_json(client, method, format!("{}{path}", self.base), auth, body).await
     }
 
     /// A new widget visitor: their token.
     pub async fn visitor(&self, i: usize) -> Result<String, String> {
-        let s = http_json(
-            self.visitor_client(i),
-            reqwest::Method::POST,
-            format!("{}/api/widget/session", self.base),
-            Auth::None,
-            Some(json!({ "site_key": self.site_key })),
-        )
-        .await?;
+        let s = self
+            .visitor_request(
+                i,
+                reqwest::Method::POST,
+                "/api/widget/session",
+                Auth::None,
+                Some(json!({ "site_key": self.site_key })),
+            )
+            .await?;
         s["visitor_token"]
             .as_str()
             .map(str::to_owned)
@@ -415,14 +437,15 @@ impl Bench {
     }
 
     pub async fn start_chat(&self, i: usize, token: &str) -> Result<String, String> {
-        let c = http_json(
-            self.visitor_client(i),
-            reqwest::Method::POST,
-            format!("{}/api/widget/conversations", self.base),
-            Auth::Bearer(token),
-            Some(json!({ "department_id": self.department, "name": format!("Visitor {i}") })),
-        )
-        .await?;
+        let c = self
+            .visitor_request(
+                i,
+                reqwest::Method::POST,
+                "/api/widget/conversations",
+                Auth::Bearer(token),
+                Some(json!({ "department_id": self.department, "name": format!("Visitor {i}") })),
+            )
+            .await?;
         c["id"]
             .as_str()
             .map(str::to_owned)
@@ -430,14 +453,15 @@ impl Bench {
     }
 
     pub async fn visitor_ticket(&self, i: usize, token: &str) -> Result<String, String> {
-        let t = http_json(
-            self.visitor_client(i),
-            reqwest::Method::POST,
-            format!("{}/api/widget/ticket", self.base),
-            Auth::Bearer(token),
-            None,
-        )
-        .await?;
+        let t = self
+            .visitor_request(
+                i,
+                reqwest::Method::POST,
+                "/api/widget/ticket",
+                Auth::Bearer(token),
+                None,
+            )
+            .await?;
         Ok(t["ticket"].as_str().unwrap_or_default().to_owned())
     }
 
@@ -448,17 +472,15 @@ impl Bench {
         token: &str,
         conversation: &str,
     ) -> Result<Vec<Value>, String> {
-        let v = http_json(
-            self.visitor_client(i),
-            reqwest::Method::GET,
-            format!(
-                "{}/api/widget/conversations/{conversation}/events?since=0",
-                self.base
-            ),
-            Auth::Bearer(token),
-            None,
-        )
-        .await?;
+        let v = self
+            .visitor_request(
+                i,
+                reqwest::Method::GET,
+                &format!("/api/widget/conversations/{conversation}/events?since=0"),
+                Auth::Bearer(token),
+                None,
+            )
+            .await?;
         Ok(v["events"].as_array().cloned().unwrap_or_default())
     }
 }
@@ -556,6 +578,14 @@ pub fn keep_alive(tx: &mpsc::UnboundedSender<Message>) {
     });
 }
 
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// `run_socket` for frames that are not JSON (XMPP): each text frame as it came.
 pub fn run_socket_raw(
     ws: Ws,
@@ -572,11 +602,13 @@ pub fn run_socket_raw(
         let _ = sink.close().await;
     });
     let reader = tokio::spawn(async move {
+        // The writer goes with the reader, also when the reader is aborted: a writer left
+        // waiting for the server's answer to its close frame would keep the socket open.
+        let _writer = AbortOnDrop(writer);
         while let Some(Ok(m)) = stream.next().await {
             let Message::Text(t) = m else { continue };
             on_frame(t.as_str(), Instant::now());
         }
-        writer.abort();
     });
     (tx, reader)
 }

@@ -12,7 +12,7 @@ use parley_core::conversation::VisitorConnection;
 use parley_core::conversation::{
     AgentStatus, Author, ClientMsgId, ConversationStatus, EventKind, MessageBody,
 };
-use parley_core::routing::choose_agent;
+use parley_core::routing::{choose_agent, plan_round};
 use parley_core::store::{
     Appended, ConversationRecord, DepartmentRouting, EventRecord, MessageFrom, NewEvent,
     OfflineMessageRecord, Transition, VisitorRecord,
@@ -170,8 +170,21 @@ pub enum TransferTarget {
 /// How soon a change of a department's queue reaches its waiting visitors and its consoles.
 const QUEUE_UPDATE_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// Departments with a queue update due.
-pub(crate) type QueueUpdates = Arc<Mutex<std::collections::HashSet<(TenantId, DepartmentId)>>>;
+/// After a round of queue updates, the next waits this long per frame the round sent: a queue of
+/// thousands moving at once is told about it at most about ten thousand frames a second, so
+/// that telling visitors their place never crowds out serving them.
+const QUEUE_FRAME_COST: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Queue updates, per department: whether a round is due, when the next may start, and the place
+/// and wait each waiting chat was last told (only changes are sent).
+#[derive(Default)]
+pub(crate) struct QueueRounds {
+    due: std::collections::HashSet<(TenantId, DepartmentId)>,
+    not_before: HashMap<(TenantId, DepartmentId), tokio::time::Instant>,
+    told: HashMap<(TenantId, DepartmentId), HashMap<ConversationId, (i64, i64)>>,
+}
+
+pub(crate) type QueueUpdates = Arc<Mutex<QueueRounds>>;
 
 /// Per department: is a walk of its queue running, and has another round been asked for.
 #[derive(Default)]
@@ -617,6 +630,9 @@ impl App {
             .conversation(v.tenant, id)
             .await?
             .ok_or(AppError::NotFound)?;
+        if rec.status == ConversationStatus::Queued {
+            self.publish_queue(v.tenant, department).await?;
+        }
         let names = self.agent_names(&cipher, v.tenant).await?;
         self.conversation_view(&cipher, &rec, &names, false)
     }
@@ -1311,39 +1327,12 @@ impl App {
                 return Ok(());
             };
             if routing.mode == "assign" {
-                let e = NewEvent {
-                    kind: EventKind::Assigned,
-                    author: Author::System.to_stored(),
-                    client_msg_id: None,
-                    data: json!({ "agent_id": agent }).to_string(),
-                    at: now,
-                };
-                match self
-                    .append_and_publish(
-                        tenant,
-                        conv,
-                        e,
-                        None,
-                        Transition::Assign {
-                            agent,
-                            require_offer: false,
-                        },
-                    )
-                    .await
-                {
-                    Ok(_) => {
-                        self.after_assignment(tenant, conv).await?;
-                        return Ok(());
-                    }
-                    // Taken by a concurrent routing pass (another chat starting, another
-                    // node's timer): look again.
-                    Err(AppError::Invalid(d))
-                        if d.code == "agent_unavailable" || d.code == "not_available" =>
-                    {
-                        continue;
-                    }
-                    Err(e) => return Err(e),
+                if self.assign(tenant, conv, agent).await? {
+                    return Ok(());
                 }
+                // Taken by a concurrent routing pass (another chat starting, another node's
+                // timer): look again.
+                continue;
             }
             let expires = now.plus_millis(routing.offer_timeout_ms);
             if self.store.offer(tenant, conv, agent, now, expires).await? {
@@ -1364,6 +1353,39 @@ impl App {
             return Ok(());
         }
         Ok(())
+    }
+
+    /// Give a waiting chat to an agent (a department that assigns). False when the store says no:
+    /// the chat is no longer waiting, or the agent went offline or full in the meantime.
+    async fn assign(
+        &self,
+        tenant: TenantId,
+        conv: ConversationId,
+        agent: UserId,
+    ) -> Result<bool, AppError> {
+        let e = NewEvent {
+            kind: EventKind::Assigned,
+            author: Author::System.to_stored(),
+            client_msg_id: None,
+            data: json!({ "agent_id": agent }).to_string(),
+            at: self.now(),
+        };
+        let assign = Transition::Assign {
+            agent,
+            require_offer: false,
+        };
+        match self.append_and_publish(tenant, conv, e, None, assign).await {
+            Ok(_) => {
+                self.after_assignment(tenant, conv).await?;
+                Ok(true)
+            }
+            Err(AppError::Invalid(d))
+                if d.code == "agent_unavailable" || d.code == "not_available" =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Route every waiting chat of a department, oldest first, while agents have room.
@@ -1396,7 +1418,71 @@ impl App {
         }
     }
 
+    /// One walk of a department's queue. A department that assigns is served in rounds: one read
+    /// of the agents and the queue, a plan for as many chats as there are free slots
+    /// (`plan_round`), and all of the round's assignments sent to the writer together, so that
+    /// they share its commits (one at a time, a queue of thousands drained at a few dozen chats
+    /// a second). The writer still checks each against the agent's capacity; a round that lost
+    /// every race to another node ends the walk (the next change starts another).
     async fn walk_queue(&self, tenant: TenantId, department: DepartmentId) -> Result<(), AppError> {
+        let assigns = self
+            .store
+            .department_routing(tenant)
+            .await?
+            .into_iter()
+            .find(|r| r.department == department)
+            .is_some_and(|r| r.mode == "assign");
+        if !assigns {
+            return self.walk_offers(tenant, department).await;
+        }
+        loop {
+            let candidates = self.store.routing_candidates(tenant, department).await?;
+            if candidates.iter().all(|k| k.active_chats >= k.capacity) {
+                break;
+            }
+            let queued = self
+                .store
+                .conversations_by_status(tenant, ConversationStatus::Queued, Some(department))
+                .await?;
+            let now = self.now();
+            let waiting: Vec<(ConversationId, &[UserId])> = queued
+                .iter()
+                .filter(|c| {
+                    !(c.offered_to.is_some() && c.offer_expires_at.is_some_and(|t| t > now))
+                })
+                .map(|c| (c.id, c.declined_by.as_slice()))
+                .collect();
+            let plan = plan_round(&candidates, &waiting, now);
+            if plan.is_empty() {
+                break;
+            }
+            let mut round = tokio::task::JoinSet::new();
+            for (conv, agent) in plan {
+                let app = self.clone();
+                round.spawn(async move { app.assign(tenant, conv, agent).await });
+            }
+            let mut assigned = 0;
+            while let Some(done) = round.join_next().await {
+                match done {
+                    Ok(Ok(true)) => assigned += 1,
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(AppError::Internal(format!("routing task: {e}"))),
+                }
+            }
+            if assigned == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Offer waiting chats one after another while agents have room.
+    async fn walk_offers(
+        &self,
+        tenant: TenantId,
+        department: DepartmentId,
+    ) -> Result<(), AppError> {
         for c in self
             .store
             .conversations_by_status(tenant, ConversationStatus::Queued, Some(department))
@@ -1418,33 +1504,62 @@ impl App {
 
     /// Tell each waiting visitor of a department their place and an estimated wait, and the
     /// department's consoles that the queue changed, within `QUEUE_UPDATE_AFTER`. Updates are
-    /// coalesced per department: a queue of N chats costs N frames per round, not N frames per
-    /// chat that joins or leaves it (which made a long queue quadratic).
+    /// coalesced per department into rounds, and a round sends a visitor a frame only when their
+    /// place or wait changed: a queue of N chats costs at most N frames per round, not N per chat
+    /// that joins or leaves it (which made a long queue quadratic), and rounds that send many
+    /// frames are spaced out (`QUEUE_FRAME_COST`).
     pub async fn publish_queue(
         &self,
         tenant: TenantId,
         department: DepartmentId,
     ) -> Result<(), AppError> {
-        let first = self
-            .queue_updates
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((tenant, department));
-        if first {
+        let key = (tenant, department);
+        let start = {
+            let mut q = self.queue_updates.lock().unwrap_or_else(|p| p.into_inner());
+            q.due.insert(key).then(|| q.not_before.get(&key).copied())
+        };
+        if let Some(not_before) = start {
             let app = self.clone();
+            let at = tokio::time::Instant::now() + QUEUE_UPDATE_AFTER;
             tokio::spawn(async move {
-                tokio::time::sleep(QUEUE_UPDATE_AFTER).await;
+                tokio::time::sleep_until(not_before.map_or(at, |n| n.max(at))).await;
                 // Taken off before publishing: a change while this round runs asks for another.
                 app.queue_updates
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .remove(&(tenant, department));
+                    .due
+                    .remove(&key);
                 if let Err(e) = app.publish_queue_now(tenant, department).await {
                     tracing::warn!(error = %e, "publishing queue positions failed");
                 }
             });
         }
         Ok(())
+    }
+
+    /// A visitor's socket resumed a conversation: if it is waiting, its place is sent again in
+    /// the next round (the new socket has not heard it).
+    pub async fn resend_queue_place(
+        &self,
+        tenant: TenantId,
+        conv: ConversationId,
+    ) -> Result<(), AppError> {
+        let Some(c) = self.store.conversation(tenant, conv).await? else {
+            return Ok(());
+        };
+        if c.status != ConversationStatus::Queued {
+            return Ok(());
+        }
+        if let Some(told) = self
+            .queue_updates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .told
+            .get_mut(&(tenant, c.department))
+        {
+            told.remove(&conv);
+        }
+        self.publish_queue(tenant, c.department).await
     }
 
     async fn publish_queue_now(
@@ -1462,14 +1577,44 @@ impl App {
             .await?
             .len()
             .max(1) as i64;
-        for (i, c) in queued.iter().enumerate() {
-            let position = i as i64 + 1;
-            // A rough estimate: a minute per chat ahead, spread over the online agents.
-            let wait = (position - 1) / agents * 60 + 30;
+        let now_told: HashMap<ConversationId, (i64, i64)> = queued
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let position = i as i64 + 1;
+                // A rough estimate: a minute per chat ahead, spread over the online agents.
+                (c.id, (position, (position - 1) / agents * 60 + 30))
+            })
+            .collect();
+        let key = (tenant, department);
+        let before = {
+            let mut q = self.queue_updates.lock().unwrap_or_else(|p| p.into_inner());
+            if now_told.is_empty() {
+                q.not_before.remove(&key);
+                q.told.remove(&key)
+            } else {
+                q.told.insert(key, now_told.clone())
+            }
+        }
+        .unwrap_or_default();
+        let mut sent = 0u32;
+        for c in &queued {
+            let (position, wait) = now_told[&c.id];
+            if before.get(&c.id) == Some(&(position, wait)) {
+                continue;
+            }
+            sent += 1;
             self.hub.publish(
                 Topic::Conversation(tenant, c.id),
                 frame(&json!({ "type": "queue", "conversation_id": c.id, "position": position, "estimated_wait_secs": wait })),
             );
+        }
+        if sent > 0 {
+            self.queue_updates
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .not_before
+                .insert(key, tokio::time::Instant::now() + QUEUE_FRAME_COST * sent);
         }
         self.hub.publish(Topic::Department(tenant, department), frame(&json!({ "type": "queue_changed", "department_id": department, "waiting": queued.len() })));
         Ok(())

@@ -396,6 +396,11 @@ async fn handle(
             app.hub.subscribe(Topic::Conversation(who.tenant(), c), sub);
             match app.events_since(who.actor(), c, since).await {
                 Ok(events) => {
+                    if let Who::Visitor(v) = who
+                        && let Err(e) = app.resend_queue_place(v.tenant, c).await
+                    {
+                        tracing::warn!(error = %e, "asking for a queue place failed");
+                    }
                     let last = events.last().map_or(since, |e| e.seq);
                     Some(text(
                         json!({ "type": "resumed", "conversation_id": c, "events": events, "last_seq": last }),

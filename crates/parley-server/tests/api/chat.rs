@@ -333,12 +333,20 @@ async fn assignment_respects_capacity_and_queue_moves_on(db: Db) {
         assert_eq!(o.body["queue"].as_array().unwrap().len(), 2);
     }
     assert_eq!(assigned, 2);
-    // The waiting visitor learns their place.
+    // The waiting visitor's new socket is told their place.
     let (v3, conv3) = &convs[3];
     let mut ws = Ws::open(&d.t, &v3.ticket().await).await;
     ws.send(json!({ "type": "resume", "conversation_id": conv3, "since": 0 }))
         .await;
     ws.until("resumed").await;
+    assert_eq!(ws.until("queue").await["position"], 2);
+    // A chat joining behind them changes nothing for them: no frame (a round comes within 200
+    // ms of the change; the pong after 500 ms comes after any frame of it).
+    convs.push(start(&d, "V4").await);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    ws.send(json!({ "type": "ping" })).await;
+    let next = ws.next().await;
+    assert_eq!(next["type"], "pong", "unchanged place sent again: {next}");
     // Ending a chat frees a slot: the oldest waiting chat is assigned, and the queue moves up.
     let (c0, _) = &d.agents[0];
     let mine = value_str(&c0.get("/api/console/overview").await.body["chats"][0]["id"]);
@@ -351,13 +359,7 @@ async fn assignment_respects_capacity_and_queue_moves_on(db: Db) {
         .status,
         StatusCode::OK
     );
-    // Places are published at most every 200 ms: an earlier round may still say 2.
-    let q = loop {
-        let q = ws.until("queue").await;
-        if q["position"] != 2 {
-            break q;
-        }
-    };
+    let q = ws.until("queue").await;
     assert_eq!(q["position"], 1);
     assert!(q["estimated_wait_secs"].as_i64().unwrap() > 0);
     let now_mine = c0.get("/api/console/overview").await;

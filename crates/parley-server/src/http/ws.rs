@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
 use parley_app::{App, AppError, ChatActor, Session, Subscriber, TicketSubject, Topic, Visitor};
 use parley_core::{ConversationId, TenantId};
 use serde::Deserialize;
@@ -23,6 +24,8 @@ use std::time::Duration;
 
 pub const MAX_FRAME_BYTES: usize = 16 * 1024;
 const OUTGOING_QUEUE: usize = 256;
+/// Frames waiting for a socket that go out in one write.
+const WRITE_AT_ONCE: usize = 64;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A socket that sends nothing (not even a ping) for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
@@ -236,6 +239,10 @@ async fn run(app: App, mut socket: WebSocket) {
     let mut watched: Vec<ConversationId> = vec![];
     let mut recheck = tokio::time::interval(SESSION_RECHECK);
     recheck.tick().await;
+    // One timer for silence, moved on only when it fires (a frame just notes the time; a timer
+    // made per frame cost every frame a trip through the timer wheel).
+    let silence = tokio::time::sleep_until(last_heard + IDLE_TIMEOUT);
+    tokio::pin!(silence);
     loop {
         tokio::select! {
             incoming = socket.recv() => {
@@ -294,16 +301,30 @@ async fn run(app: App, mut socket: WebSocket) {
             }
             outgoing = rx.recv() => {
                 let Some(frame) = outgoing else { break };
-                // A console follows the chats it is given.
-                if let Who::Agent(_) = &who
-                    && frame.contains("\"type\":\"chat_assigned\"")
-                    && let Ok(v) = serde_json::from_str::<Value>(&frame)
-                    && v["type"] == "chat_assigned"
-                    && let Some(id) = v["conversation"]["id"].as_str().and_then(|s| s.parse::<ConversationId>().ok())
-                {
-                    app.hub.subscribe(Topic::Conversation(tenant, id), &sub);
+                // Whatever else is waiting goes out with it, in one write.
+                let mut next = Some(frame);
+                let mut written = 0;
+                let mut ok = true;
+                while let Some(frame) = next.take() {
+                    // A console follows the chats it is given.
+                    if let Who::Agent(_) = &who
+                        && frame.contains("\"type\":\"chat_assigned\"")
+                        && let Ok(v) = serde_json::from_str::<Value>(&frame)
+                        && v["type"] == "chat_assigned"
+                        && let Some(id) = v["conversation"]["id"].as_str().and_then(|s| s.parse::<ConversationId>().ok())
+                    {
+                        app.hub.subscribe(Topic::Conversation(tenant, id), &sub);
+                    }
+                    if socket.feed(Message::Text(Utf8Bytes::from(frame.to_string()))).await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                    written += 1;
+                    if written < WRITE_AT_ONCE {
+                        next = rx.try_recv().ok();
+                    }
                 }
-                if socket.send(Message::Text(Utf8Bytes::from(frame.to_string()))).await.is_err() { break }
+                if !ok || socket.flush().await.is_err() { break }
             }
             _ = sub.kill.notified() => {
                 close(&mut socket, 4408, "too slow: reconnect and resume").await;
@@ -317,7 +338,11 @@ async fn run(app: App, mut socket: WebSocket) {
                     break;
                 }
             }
-            _ = tokio::time::sleep_until(last_heard + IDLE_TIMEOUT) => {
+            _ = &mut silence => {
+                if last_heard.elapsed() < IDLE_TIMEOUT {
+                    silence.as_mut().reset(last_heard + IDLE_TIMEOUT);
+                    continue;
+                }
                 close(&mut socket, 4000, "no heartbeat").await;
                 break;
             }

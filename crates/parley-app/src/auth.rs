@@ -110,8 +110,8 @@ impl App {
         let user = match user {
             Some(u) if password_ok && !u.disabled => u,
             other => {
-                self.throttle.record_failure(&ip_key, now);
-                self.throttle.record_failure(&account_key, now);
+                self.throttle.record(&ip_key, now);
+                self.throttle.record(&account_key, now);
                 if let Some(t) = &tenant {
                     let reason = match &other {
                         None => "unknown_account",

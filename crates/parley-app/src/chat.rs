@@ -447,6 +447,7 @@ impl App {
         &self,
         site_key: &str,
         token: Option<&str>,
+        ip: Option<&str>,
     ) -> Result<WidgetSession, AppError> {
         let tenant = self
             .store
@@ -465,8 +466,18 @@ impl App {
         let (token, visitor) = match (token, existing) {
             (Some(t), Some(v)) => (t.to_owned(), v),
             _ => {
-                let token = random_token();
                 let now = self.now();
+                let ip_key = format!("new-visitor-ip:{}", ip.unwrap_or("unknown"));
+                if let Some(secs) =
+                    self.throttle
+                        .blocked(&ip_key, crate::throttle::MAX_NEW_VISITORS_PER_IP, now)
+                {
+                    return Err(AppError::TooManyVisitors {
+                        retry_after_secs: secs,
+                    });
+                }
+                self.throttle.record(&ip_key, now);
+                let token = random_token();
                 let v = VisitorRecord {
                     id: VisitorId::from_uuid(self.new_id()),
                     tenant: tenant.id,

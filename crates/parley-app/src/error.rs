@@ -15,6 +15,9 @@ pub enum AppError {
     InvalidCredentials,
     #[error("too many failed sign-in attempts")]
     TooManyAttempts { retry_after_secs: u64 },
+    /// Too many new widget visitors from one client address (see `throttle::MAX_NEW_VISITORS_PER_IP`).
+    #[error("too many new visitors from one address")]
+    TooManyVisitors { retry_after_secs: u64 },
     /// The account must set a new password before doing anything else.
     #[error("password change required")]
     PasswordChangeRequired,

@@ -4,7 +4,7 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery, Caller, bounded, path_id};
+use super::extract::{ApiJson, ApiQuery, Caller, ClientIp, bounded, path_id};
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
@@ -62,6 +62,7 @@ pub struct WidgetSessionBody {
 
 pub async fn widget_session(
     State(s): State<AppState>,
+    ClientIp(ip): ClientIp,
     ApiJson(b): ApiJson<WidgetSessionBody>,
 ) -> ApiResult<Json<Value>> {
     bounded("site_key", &b.site_key, 128)?;
@@ -70,7 +71,7 @@ pub async fn widget_session(
     }
     Ok(Json(json!(
         s.app
-            .widget_session(&b.site_key, b.visitor_token.as_deref())
+            .widget_session(&b.site_key, b.visitor_token.as_deref(), ip.as_deref())
             .await?
     )))
 }

@@ -68,6 +68,17 @@ impl From<AppError> for ApiError {
                     ),
                 )
             },
+            AppError::TooManyVisitors { retry_after_secs } => ApiError {
+                retry_after: Some(retry_after_secs),
+                ..ApiError::new(
+                    S::TOO_MANY_REQUESTS,
+                    "too_many_visitors",
+                    format!(
+                        "too many new chat visitors from this address; a visitor who already has a token is still served; try again in {} minutes",
+                        retry_after_secs.div_ceil(60)
+                    ),
+                )
+            },
             AppError::PasswordChangeRequired => ApiError::new(
                 S::FORBIDDEN,
                 "password_change_required",

@@ -673,6 +673,54 @@ async fn chats_never_cross_tenants(db: Db) {
 }
 
 #[tokio::test]
+async fn new_visitors_are_limited_per_address_and_returning_ones_are_not() {
+    let d = desk(Db::Sqlite, 1, 1, "assign", 30_000).await;
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .unwrap()
+    };
+    let session = |http: reqwest::Client, token: Option<String>| {
+        let (url, site_key) = (d.t.url("/api/widget/session"), d.site_key.clone());
+        async move {
+            let r = http
+                .post(url)
+                .json(&json!({ "site_key": site_key, "visitor_token": token }))
+                .send()
+                .await
+                .unwrap();
+            let retry = r.headers().get("retry-after").is_some();
+            (r.status(), retry, r.json::<Value>().await.unwrap())
+        }
+    };
+    let here = from([127, 0, 0, 1]);
+    // The desk's own visitors came from this address too; fill the window up to the limit.
+    let mut tokens = vec![];
+    loop {
+        let (status, _, body) = session(here.clone(), None).await;
+        if status != StatusCode::OK {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(body["code"], "too_many_visitors");
+            break;
+        }
+        tokens.push(value_str(&body["visitor_token"]));
+        assert!(tokens.len() <= 1000, "no limit after 1000 new visitors");
+    }
+    assert!(tokens.len() >= 990, "limited early: {}", tokens.len());
+    let (status, retry, _) = session(here.clone(), None).await;
+    assert_eq!((status, retry), (StatusCode::TOO_MANY_REQUESTS, true));
+    // A returning visitor is served as before, with the same token.
+    let (status, _, body) = session(here.clone(), Some(tokens[7].clone())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["visitor_token"], tokens[7].as_str());
+    // Another address is not limited by this one.
+    let (status, _, _) = session(from([127, 0, 0, 2]), None).await;
+    assert_eq!(status, StatusCode::OK);
+    d.t.stop().await;
+}
+
+#[tokio::test]
 async fn the_widget_frame_is_framed_only_by_allowed_sites() {
     let d = desk(Db::Sqlite, 1, 2, "assign", 30_000).await;
     d.admin

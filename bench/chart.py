@@ -16,7 +16,7 @@ for name in ["parley-sqlite", "relay", "ejabberd"]:
         points.append((step["offered_per_sec"], max(p99, 0.05)))
     series[name] = points
 
-W, H, L, R, T, B = 720, 420, 70, 20, 40, 60
+W, H, L, R, T, B = 720, 500, 70, 20, 40, 140
 xs = [x for pts in series.values() for x, _ in pts]
 x0, x1 = math.log10(min(xs) / 1.3), math.log10(max(xs) * 1.3)
 y0, y1 = math.log10(0.05), math.log10(10000)
@@ -28,11 +28,17 @@ svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-f
 for ms in [0.1, 1, 10, 100, 1000, 10000]:
     y = py(ms)
     svg.append(f'<line x1="{L}" x2="{W-R}" y1="{y}" y2="{y}" stroke="#e3e6eb"/><text x="{L-8}" y="{y+4}" text-anchor="end">{ms:g} ms</text>')
-for x in sorted(set(xs)):
-    svg.append(f'<line x1="{px(x)}" x2="{px(x)}" y1="{T}" y2="{H-B}" stroke="#f0f2f5"/><text x="{px(x)}" y="{H-B+18}" text-anchor="middle">{x:,}</text>')
-svg.append(f'<text x="{W/2}" y="{H-15}" text-anchor="middle">offered messages per second</text>')
+# Labelled ticks at 1-2-5 steps (the measured rates crowd each other on a log axis); the
+# measured points are the dots.
+ticks = [m * 10 ** e for e in range(1, 7) for m in (1, 2, 5)]
+for x in [t for t in ticks if x0 <= math.log10(t) <= x1]:
+    label = f"{x / 1000:g}k" if x >= 1000 else f"{x:g}"
+    svg.append(f'<line x1="{px(x)}" x2="{px(x)}" y1="{T}" y2="{H-B}" stroke="#f0f2f5"/><text x="{px(x)}" y="{H-B+18}" text-anchor="middle">{label}</text>')
+svg.append(f'<text x="{W/2}" y="{H-B+40}" text-anchor="middle">offered messages per second</text>')
+# The legend goes under the plot (the curves leave no corner free).
+legend = lambda i: (L + 14, H - B + 66 + i * 19)
 y20 = py(20)
-svg.append(f'<line x1="{L}" x2="{W-R}" y1="{y20}" y2="{y20}" stroke="#b42318" stroke-dasharray="6 4"/><text x="{W-R-4}" y="{y20-6}" text-anchor="end" fill="#b42318">20 ms: the knee limit</text>')
+svg.append(f'<line x1="{L}" x2="{W-R}" y1="{y20}" y2="{y20}" stroke="#b42318" stroke-dasharray="6 4"/>')
 colors = {"parley-sqlite": "#2857d6", "relay": "#127a3e", "ejabberd": "#b26a00"}
 labels = {"parley-sqlite": "Parley (SQLite, durable ack)", "relay": "bare relay (no storage)",
           "ejabberd": "ejabberd (XMPP, stream-management ack, MAM on SQLite)"}
@@ -41,7 +47,10 @@ for i, (name, pts) in enumerate(series.items()):
     svg.append(f'<path d="{path}" fill="none" stroke="{colors[name]}" stroke-width="2.5"/>')
     for x, y in pts:
         svg.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{colors[name]}"/>')
-    svg.append(f'<rect x="{L+14}" y="{T+10+i*20}" width="14" height="4" fill="{colors[name]}"/><text x="{L+34}" y="{T+16+i*20}">{labels[name]}</text>')
+    lx, ly = legend(i)
+    svg.append(f'<rect x="{lx}" y="{ly-6}" width="14" height="4" fill="{colors[name]}"/><text x="{lx+20}" y="{ly}">{labels[name]}</text>')
+lx, ly = legend(len(series))
+svg.append(f'<line x1="{lx}" x2="{lx+14}" y1="{ly-4}" y2="{ly-4}" stroke="#b42318" stroke-dasharray="4 3" stroke-width="2"/><text x="{lx+20}" y="{ly}" fill="#b42318">20 ms: the knee limit (p99 ack)</text>')
 svg.append("</svg>")
 open(target, "w").write("\n".join(svg) + "\n")
 print(f"wrote {target}")

@@ -15,7 +15,7 @@ cargo build --release --locked --bin parley --bin parley-load
 bin=${CARGO_TARGET_DIR:-target}/release
 out=bench/results
 mkdir -p "$out"
-rates=${RATES:-1000,2000,3000,4000,6000}
+rates=${RATES:-1000,2000,4000,6000,8000,10000}
 pairs=${PAIRS:-800}
 step=${STEP_SECS:-4}
 runs=${RUNS:-3}
@@ -61,7 +61,7 @@ for run in $(seq 1 "$runs"); do
     peer_pid=$!
     sleep 0.3
     load sweep --relay "ws://127.0.0.1:$port/ws" --pairs "$pairs" \
-      --rates "${RELAY_RATES:-$rates,10000,20000}" --step-secs "$step" --json >"$out/sweep-relay-$run.json"
+      --rates "${RELAY_RATES:-$rates,15000,20000,25000,30000,40000}" --step-secs "$step" --json >"$out/sweep-relay-$run.json"
     kill "$peer_pid"; peer_pid=""
   fi
   if want ejabberd; then
@@ -93,7 +93,7 @@ for run in $(seq 1 "$runs"); do
   fi
   if want storm; then
     echo "== run $run: reconnect storm"
-    load storm "${parley[@]}" --clients "${STORM_CLIENTS:-1000}" --jitter-ms 1000 --json >"$out/storm-$run.json"
+    load storm "${parley[@]}" --clients "${STORM_CLIENTS:-10000}" --jitter-ms 1000 --json >"$out/storm-$run.json"
   fi
   if want crash; then
     echo "== run $run: crash"

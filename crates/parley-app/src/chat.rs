@@ -1472,14 +1472,21 @@ impl App {
                 let app = self.clone();
                 round.spawn(async move { app.assign(tenant, conv, agent).await });
             }
-            let mut assigned = 0;
+            // Every assignment of the round is seen through (dropping the set would abort the
+            // others between their commit and their frames); the first failure is reported.
+            let (mut assigned, mut failed) = (0, None);
             while let Some(done) = round.join_next().await {
-                match done {
-                    Ok(Ok(true)) => assigned += 1,
-                    Ok(Ok(false)) => {}
-                    Ok(Err(e)) => return Err(e),
-                    Err(e) => return Err(AppError::Internal(format!("routing task: {e}"))),
+                let outcome =
+                    done.unwrap_or_else(|e| Err(AppError::Internal(format!("routing task: {e}"))));
+                match outcome {
+                    Ok(true) => assigned += 1,
+                    Ok(false) => {}
+                    Err(e) if failed.is_none() => failed = Some(e),
+                    Err(_) => {}
                 }
+            }
+            if let Some(e) = failed {
+                return Err(e);
             }
             if assigned == 0 {
                 break;

@@ -370,13 +370,25 @@ impl App {
     }
 
     fn publish_event(&self, tenant: TenantId, view: &EventView) {
-        let mut v = json!({ "type": "event" });
-        if let (Some(obj), Ok(Value::Object(ev))) = (v.as_object_mut(), serde_json::to_value(view))
-        {
-            obj.extend(ev);
+        /// The live form of an event: its view with `"type": "event"`, written straight to text
+        /// (through a `Value` it cost three times as many instructions, a tenth of a message's).
+        #[derive(Serialize)]
+        struct EventFrame<'a> {
+            r#type: &'static str,
+            #[serde(flatten)]
+            event: &'a EventView,
         }
-        self.hub
-            .publish(Topic::Conversation(tenant, view.conversation_id), frame(&v));
+        let f = EventFrame {
+            r#type: "event",
+            event: view,
+        };
+        match serde_json::to_string(&f) {
+            Ok(text) => self.hub.publish(
+                Topic::Conversation(tenant, view.conversation_id),
+                Arc::from(text),
+            ),
+            Err(e) => tracing::warn!(error = %e, "an event frame could not be written"),
+        }
     }
 
     /// Append, then publish the stored event to the conversation's listeners.

@@ -3,7 +3,7 @@
 //! encryption. Whatever Parley does beyond this is the cost of its guarantees.
 //! Tickets are `relay:<pair>:<visitor|agent>`.
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -36,15 +36,8 @@ pub async fn serve(listen: &str) -> Result<(), String> {
             else {
                 return;
             };
-            let (mut sink, mut stream) = ws.split();
-            let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-            let writer = tokio::spawn(async move {
-                while let Some(m) = rx.recv().await {
-                    if sink.send(m).await.is_err() {
-                        break;
-                    }
-                }
-            });
+            let (sink, mut stream) = ws.split();
+            let (tx, writer) = crate::target::spawn_writer(sink);
             let mut me: Option<String> = None;
             let mut peer_key: Option<String> = None;
             while let Some(Ok(Message::Text(t))) = stream.next().await {

@@ -380,16 +380,26 @@ pub async fn storm(args: StormArgs) -> Result<(), String> {
     );
     one_round(&clients, "after-").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let verdict = check(&bench, &clients).await?;
+    let result = json!({ "scenario": "storm", "target": "parley-sqlite", "clients": n, "jitter_ms": args.jitter_ms,
+                         "all_resumed_secs": all_resumed, "resume": resume, "retries": retries });
+    finish(&bench, &clients, args.json.then_some(result)).await
+}
+
+/// The history check, its report and the command; with `json`, that result with the check's
+/// verdict added is printed. Fails when the check does.
+async fn finish(
+    bench: &Arc<Bench>,
+    clients: &[Arc<Client>],
+    json: Option<Value>,
+) -> Result<(), String> {
+    let verdict = check(bench, clients).await?;
     report(&verdict);
     eprintln!("command: {}", command());
-    if args.json {
-        println!(
-            "{}",
-            json!({ "scenario": "storm", "target": "parley-sqlite", "clients": n, "jitter_ms": args.jitter_ms,
-                    "all_resumed_secs": all_resumed, "resume": resume, "retries": retries,
-                    "history": verdict, "ok": verdict.clean(), "command": command() })
-        );
+    if let Some(mut result) = json {
+        result["history"] = json!(verdict);
+        result["ok"] = json!(verdict.clean());
+        result["command"] = json!(command());
+        println!("{result}");
     }
     if verdict.clean() {
         Ok(())
@@ -460,20 +470,7 @@ pub async fn crash(args: CrashArgs) -> Result<(), String> {
         "{sent} messages sent at {}/s; all acknowledged: {recovered} ({since_kill:.1} s after the kill); {duplicates} resends found already stored (their ack was lost with the server)",
         args.rate
     );
-    let verdict = check(&bench, &clients).await?;
-    report(&verdict);
-    eprintln!("command: {}", command());
-    if args.json {
-        println!(
-            "{}",
-            json!({ "scenario": "crash", "target": "parley-sqlite", "clients": n, "rate": args.rate, "sent": sent,
-                    "resends_already_stored": duplicates, "history": verdict, "ok": verdict.clean(),
-                    "command": command() })
-        );
-    }
-    if verdict.clean() {
-        Ok(())
-    } else {
-        Err("the history check failed".into())
-    }
+    let result = json!({ "scenario": "crash", "target": "parley-sqlite", "clients": n, "rate": args.rate,
+                         "sent": sent, "resends_already_stored": duplicates });
+    finish(&bench, &clients, args.json.then_some(result)).await
 }

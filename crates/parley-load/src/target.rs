@@ -578,6 +578,24 @@ pub fn keep_alive(tx: &mpsc::UnboundedSender<Message>) {
     });
 }
 
+/// A task that writes what the returned sender gets to `sink`, in order, until either side ends;
+/// then it closes the sink.
+pub fn spawn_writer<S>(mut sink: S) -> (mpsc::UnboundedSender<Message>, tokio::task::JoinHandle<()>)
+where
+    S: futures_util::Sink<Message> + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.send(m).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    (tx, writer)
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -591,16 +609,8 @@ pub fn run_socket_raw(
     ws: Ws,
     mut on_frame: impl FnMut(&str, Instant) + Send + 'static,
 ) -> (mpsc::UnboundedSender<Message>, tokio::task::JoinHandle<()>) {
-    let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-    let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if sink.send(m).await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let (sink, mut stream) = ws.split();
+    let (tx, writer) = spawn_writer(sink);
     let reader = tokio::spawn(async move {
         // The writer goes with the reader, also when the reader is aborted: a writer left
         // waiting for the server's answer to its close frame would keep the socket open.

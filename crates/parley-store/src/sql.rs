@@ -12,6 +12,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +44,8 @@ const SQLITE_PRAGMAS: &[&str] = &[
     // Checkpoints run in a task of their own (chat::append_writer), not in whichever commit
     // crosses the size threshold.
     "PRAGMA wal_autocheckpoint = 0",
+    // A log that grew during a burst is cut back to this size when it next starts over.
+    "PRAGMA journal_size_limit = 67108864",
 ];
 
 #[derive(Debug, Clone)]
@@ -51,6 +54,20 @@ pub struct SqlStore {
     pub(crate) backend: Backend,
     /// The group-commit writer's queue (see `chat::append_writer`).
     pub(crate) appender: tokio::sync::mpsc::Sender<crate::chat::Write>,
+    /// Stops the writer (`close`).
+    pub(crate) writer: Arc<Writer>,
+}
+
+/// A mutex whose data stays usable after a panic elsewhere (it holds only a task handle).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The running writer: told to stop by `stop`, joined through `task`.
+#[derive(Debug, Default)]
+pub(crate) struct Writer {
+    pub(crate) stop: tokio::sync::Notify,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 pub(crate) fn db(e: sqlx::Error) -> StoreError {
@@ -172,7 +189,8 @@ const USER_COLUMNS: &str = "tenant_id, id, email_ct, email_index, display_name_c
      password_hash, must_change_password, disabled, created_at, updated_at";
 const AUDIT_COLUMNS: &str = "seq, id, at, actor, action, target, ip, detail, prev_hash, hash";
 
-pub(crate) type Tx = Transaction<'static, Any>;
+/// A write transaction: on a pooled connection (`begin_write`) or on the writer's own one.
+pub(crate) type Tx<'c> = Transaction<'c, Any>;
 
 /// The statements of a migration file: comment lines dropped, split at `;` ending a line.
 /// (Migrations hold no procedural code, so a statement never contains `;` at a line end.)
@@ -191,7 +209,7 @@ fn statements(sql: &str) -> Vec<String> {
 
 /// Append one audit event inside `tx`: take the tenant's next sequence number and chain head (the
 /// row update also serialises concurrent writers of one tenant), hash, insert, move the head.
-pub(crate) async fn append_audit_tx(tx: &mut Tx, event: &AuditEvent) -> StoreResult<()> {
+pub(crate) async fn append_audit_tx(tx: &mut Tx<'_>, event: &AuditEvent) -> StoreResult<()> {
     let head = sqlx::query("UPDATE tenants SET audit_seq = audit_seq + 1 WHERE id = $1 RETURNING audit_seq, audit_head")
         .bind(event.tenant.to_string())
         .fetch_optional(&mut **tx)
@@ -239,7 +257,7 @@ pub(crate) async fn append_audit_tx(tx: &mut Tx, event: &AuditEvent) -> StoreRes
 }
 
 async fn insert_user_departments(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     tenant: TenantId,
     user: UserId,
     depts: &[DepartmentId],
@@ -258,7 +276,7 @@ async fn insert_user_departments(
     Ok(())
 }
 
-async fn insert_user(tx: &mut Tx, u: &UserRecord) -> StoreResult<()> {
+async fn insert_user(tx: &mut Tx<'_>, u: &UserRecord) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO users (tenant_id, id, email_ct, email_index, display_name_ct, role, capacity, \
          password_hash, must_change_password, disabled, created_at, updated_at) \
@@ -316,10 +334,12 @@ impl SqlStore {
             .await
             .map_err(|e| StoreError::Backend(format!("cannot open the database: {e}")))?;
         let (appender, requests) = tokio::sync::mpsc::channel(4096);
+        let writer = Arc::new(Writer::default());
         let store = SqlStore {
             pool,
             backend,
             appender,
+            writer: writer.clone(),
         };
         // The writer holds a store without a queue of its own, so dropping every handle of the
         // store ends it.
@@ -327,8 +347,10 @@ impl SqlStore {
             pool: store.pool.clone(),
             backend,
             appender: tokio::sync::mpsc::channel(1).0,
+            writer: writer.clone(),
         };
-        tokio::spawn(crate::chat::append_writer(writer_store, requests));
+        let task = tokio::spawn(crate::chat::append_writer(writer_store, requests));
+        *lock(&writer.task) = Some(task);
         Ok(store)
     }
 
@@ -336,13 +358,22 @@ impl SqlStore {
         &self.pool
     }
 
+    /// Finish the writes already queued, refuse new ones ("the append writer has stopped"), let
+    /// the writer's own connection go, then close every connection.
     pub async fn close(&self) {
+        self.writer.stop.notify_one();
+        let task = lock(&self.writer.task).take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::warn!(error = %e, "the append writer ended abnormally");
+        }
         self.pool.close().await;
     }
 
     /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so a
     /// transaction that reads before it writes cannot fail half-way on a stale snapshot.
-    pub(crate) async fn begin_write(&self) -> StoreResult<Tx> {
+    pub(crate) async fn begin_write(&self) -> StoreResult<Tx<'static>> {
         match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db),
             Backend::Postgres => self.pool.begin().await.map_err(db),

@@ -87,6 +87,21 @@ scenario!(transfer_requeue_and_end_move_slots);
 scenario!(visitors_offline_messages_and_isolation);
 scenario!(visitor_liveness_moves_once_per_state);
 scenario!(appends_committed_together_fail_alone);
+scenario!(closing_finishes_queued_writes_then_refuses);
+
+/// SQLite only: under writes that never pause, the write-ahead log still starts over, so it stays
+/// a few MiB instead of growing with everything written since the server started.
+#[tokio::test]
+async fn sqlite_log_starts_over_under_steady_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let store = SqlStore::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    scenarios::steady_writes_keep_the_log_small(store.clone(), db.with_extension("db-wal")).await;
+    store.close().await;
+}
 
 fn event(tenant: TenantId, action: &'static str) -> AuditEvent {
     AuditEvent {
@@ -1429,5 +1444,110 @@ mod scenarios {
             2,
             "started and ended only"
         );
+    }
+
+    pub async fn steady_writes_keep_the_log_small(store: SqlStore, wal: std::path::PathBuf) {
+        const WRITERS: usize = 48;
+        const EACH: usize = 200;
+        let c = chat_setup(&store, "acme", 1, 2).await;
+        let mut convs = vec![];
+        for _ in 0..8 {
+            convs.push(new_conversation(&store, &c).await);
+        }
+        let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let watcher = {
+            let (busy, wal) = (busy.clone(), wal.clone());
+            tokio::spawn(async move {
+                // The log's header counts its starts over (the checkpoint sequence number, a
+                // big-endian u32 at byte 12, moves at each); the file keeps its largest size.
+                let (mut largest, mut starts) = (0, std::collections::HashSet::new());
+                while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(mut f) = std::fs::File::open(&wal) {
+                        use std::io::Read;
+                        largest = largest.max(f.metadata().unwrap().len());
+                        let mut header = [0u8; 16];
+                        if f.read_exact(&mut header).is_ok() {
+                            starts.insert(u32::from_be_bytes(header[12..].try_into().unwrap()));
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                (largest, starts.len())
+            })
+        };
+        let mut tasks = vec![];
+        for w in 0..WRITERS {
+            let (s, t, conv) = (store.clone(), c.tenant, convs[w % convs.len()]);
+            tasks.push(tokio::spawn(async move {
+                for i in 0..EACH {
+                    let id = format!("w{w}-{i}");
+                    s.append_event(
+                        t,
+                        conv,
+                        &new_event(EventKind::Message, Some(&id)),
+                        None,
+                        &Transition::None,
+                    )
+                    .await
+                    .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        busy.store(false, std::sync::atomic::Ordering::Relaxed);
+        let (largest, starts) = watcher.await.unwrap();
+        let mut stored = 0;
+        for conv in &convs {
+            let events = store.events(c.tenant, *conv, 0, 10_000).await.unwrap();
+            let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+            stored += events.len() - 1;
+        }
+        assert_eq!(stored, WRITERS * EACH, "every append landed");
+        assert!(largest > 0, "the log was watched at {}", wal.display());
+        assert!(
+            starts >= 3,
+            "the log started over {} times while {stored} messages were written (it grew to {largest} bytes)",
+            starts.saturating_sub(1)
+        );
+        assert!(
+            largest < 48 << 20,
+            "the log grew to {largest} bytes while {stored} messages were written"
+        );
+    }
+
+    pub async fn closing_finishes_queued_writes_then_refuses(store: SqlStore) {
+        let c = chat_setup(&store, "acme", 1, 2).await;
+        let conv = new_conversation(&store, &c).await;
+        let append = |s: SqlStore, id: String| async move {
+            s.append_event(
+                c.tenant,
+                conv,
+                &new_event(EventKind::Message, Some(&id)),
+                None,
+                &Transition::None,
+            )
+            .await
+        };
+        let mut queued = vec![];
+        for i in 0..50 {
+            queued.push(tokio::spawn(append(store.clone(), format!("q{i}"))));
+        }
+        tokio::task::yield_now().await;
+        store.close().await;
+        for q in queued {
+            // Each one either committed before the writer stopped or was refused: none hangs.
+            match q.await.unwrap() {
+                Ok(a) => assert!(!a.duplicate),
+                Err(StoreError::Backend(m)) => assert!(m.contains("stopped"), "{m}"),
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        match append(store.clone(), "late".into()).await {
+            Err(StoreError::Backend(m)) => assert!(m.contains("stopped"), "{m}"),
+            other => panic!("an append after close: {other:?}"),
+        }
     }
 }

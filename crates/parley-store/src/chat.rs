@@ -880,21 +880,21 @@ async fn writer_connection<'c>(
     store: &SqlStore,
     own: &'c mut Option<PoolConnection<Any>>,
 ) -> StoreResult<&'c mut AnyConnection> {
-    if own.is_none() {
-        let mut conn = store.pool.acquire().await.map_err(db)?;
-        if store.backend == crate::sql::Backend::Sqlite {
-            // The pages a batch touches (the chats' rows, their logs' index pages) stay cached.
-            sqlx::query(WRITER_CACHE)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
+    let conn = match own {
+        Some(conn) => conn,
+        None => {
+            let mut conn = store.pool.acquire().await.map_err(db)?;
+            if store.backend == crate::sql::Backend::Sqlite {
+                // The pages a batch touches (the chats' rows, their logs' index pages) stay cached.
+                sqlx::query(WRITER_CACHE)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+            }
+            own.insert(conn)
         }
-        *own = Some(conn);
-    }
-    match own.as_mut() {
-        Some(conn) => Ok(&mut **conn),
-        None => Err(StoreError::Backend("no writer connection".into())),
-    }
+    };
+    Ok(&mut **conn)
 }
 
 /// The writer's page cache: 32 MiB (SQLite's default is 2 MiB per connection).
@@ -1006,11 +1006,7 @@ async fn commit_batch(
     batch: &[Write],
 ) -> StoreResult<Vec<Done>> {
     let postgres = backend == crate::sql::Backend::Postgres;
-    let mut tx = match backend {
-        crate::sql::Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
-        crate::sql::Backend::Postgres => conn.begin().await,
-    }
-    .map_err(db)?;
+    let mut tx = conn.begin_with(backend.begin_write()).await.map_err(db)?;
     let mut pending = PendingSeqs::new();
     let mut done = Vec::with_capacity(batch.len());
     for w in batch {

@@ -31,6 +31,16 @@ impl Backend {
             None
         }
     }
+
+    /// The statement that opens a write transaction. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), so a transaction that reads before it writes cannot fail half-way on
+    /// a stale snapshot.
+    pub(crate) fn begin_write(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        }
+    }
 }
 
 /// Per-connection SQLite settings: write-ahead log for concurrent readers, a full fsync on every
@@ -371,13 +381,12 @@ impl SqlStore {
         self.pool.close().await;
     }
 
-    /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so a
-    /// transaction that reads before it writes cannot fail half-way on a stale snapshot.
+    /// A write transaction on a pooled connection (see `Backend::begin_write`).
     pub(crate) async fn begin_write(&self) -> StoreResult<Tx<'static>> {
-        match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db),
-            Backend::Postgres => self.pool.begin().await.map_err(db),
-        }
+        self.pool
+            .begin_with(self.backend.begin_write())
+            .await
+            .map_err(db)
     }
 
     async fn departments_of(

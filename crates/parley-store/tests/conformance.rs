@@ -1355,17 +1355,16 @@ mod scenarios {
                 MessageFrom::Visitor(visitors[i % 4])
             };
             tasks.push(tokio::spawn(async move {
-                (
-                    conv,
-                    s.append_event(
+                let r = s
+                    .append_event(
                         t,
                         conv,
                         &new_event(EventKind::Message, Some(&id)),
                         None,
                         &Transition::Message { from },
                     )
-                    .await,
-                )
+                    .await;
+                (conv, id, r)
             }));
         }
         let assign = {
@@ -1397,10 +1396,14 @@ mod scenarios {
             "a heartbeat counts only from the chat's visitor"
         );
         let (mut ok, mut strangers) = (0, 0);
+        let mut answered = vec![];
         for t in tasks {
-            let (conv, r) = t.await.unwrap();
+            let (conv, id, r) = t.await.unwrap();
             match r {
-                Ok(_) => ok += 1,
+                Ok(a) => {
+                    ok += 1;
+                    answered.push((conv, id, a));
+                }
                 Err(StoreError::Conflict("conversation_ended")) => assert_eq!(conv, ended),
                 Err(StoreError::NotFound) => strangers += 1,
                 Err(e) => panic!("{e:?}"),
@@ -1444,6 +1447,21 @@ mod scenarios {
             2,
             "started and ended only"
         );
+        // A resend, in the same batch as its first copy or a later one, is answered with the
+        // first copy's number.
+        let resends = answered.iter().filter(|(_, _, a)| a.duplicate).count();
+        assert_eq!(
+            resends, 10,
+            "of the 20 resends, 5 went to the ended chat and 5 came from strangers"
+        );
+        for (conv, id, a) in &answered {
+            let events = store.events(c.tenant, *conv, 0, 1000).await.unwrap();
+            let stored = events
+                .iter()
+                .find(|e| e.client_msg_id.as_deref() == Some(id.as_str()))
+                .unwrap();
+            assert_eq!((stored.seq, stored.at), (a.seq, a.at), "{id}");
+        }
     }
 
     pub async fn steady_writes_keep_the_log_small(store: SqlStore, wal: std::path::PathBuf) {

@@ -5,7 +5,7 @@
 //! hub only makes it fast.
 
 use crate::auth::Session;
-use crate::hub::{Frame, Topic};
+use crate::hub::{Frame, Hub, Topic};
 use crate::{App, AppError};
 use parley_core::audit::AuditActor;
 use parley_core::conversation::VisitorConnection;
@@ -15,7 +15,7 @@ use parley_core::conversation::{
 use parley_core::routing::{choose_agent, plan_round};
 use parley_core::store::{
     Appended, ConversationRecord, DepartmentRouting, EventRecord, MessageFrom, NewEvent,
-    OfflineMessageRecord, Transition, VisitorRecord,
+    OfflineMessageRecord, OnCommit, Sealer, Transition, VisitorRecord,
 };
 use parley_core::values::{DisplayName, EmailAddress};
 use parley_core::{
@@ -326,72 +326,11 @@ impl App {
         })
     }
 
-    fn event_view(
-        &self,
-        cipher: &TenantCipher,
-        e: &EventRecord,
-        names: &HashMap<UserId, String>,
-        for_visitor: bool,
-    ) -> Result<EventView, AppError> {
-        let author = Author::parse(&e.author).unwrap_or(Author::System);
-        let (author_kind, agent_id) = match author {
-            Author::Visitor => ("visitor", None),
-            Author::Agent(id) => ("agent", Some(id)),
-            Author::System => ("system", None),
-        };
-        // Transfer notes are for agents only.
-        let hide_body = for_visitor && e.kind == EventKind::Transferred;
-        let body = match (&e.body_ct, hide_body) {
-            (Some(ct), false) => {
-                Some(cipher.open_string(&body_context(e.conversation, e.seq), ct)?)
-            }
-            _ => None,
-        };
-        let mut data: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
-        if let Some(a) = data
-            .get("agent_id")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse::<UserId>().ok())
-        {
-            data["agent_name"] = json!(names.get(&a));
-        }
-        Ok(EventView {
-            conversation_id: e.conversation,
-            seq: e.seq,
-            kind: e.kind,
-            at: e.at.0,
-            author: author_kind,
-            agent_id,
-            agent_name: agent_id.and_then(|a| names.get(&a).cloned()),
-            body,
-            client_msg_id: e.client_msg_id.clone(),
-            data,
-        })
-    }
-
-    fn publish_event(&self, tenant: TenantId, view: &EventView) {
-        /// The live form of an event: its view with `"type": "event"`, written straight to text
-        /// (through a `Value` it cost three times as many instructions, a tenth of a message's).
-        #[derive(Serialize)]
-        struct EventFrame<'a> {
-            r#type: &'static str,
-            #[serde(flatten)]
-            event: &'a EventView,
-        }
-        let f = EventFrame {
-            r#type: "event",
-            event: view,
-        };
-        match serde_json::to_string(&f) {
-            Ok(text) => self.hub.publish(
-                Topic::Conversation(tenant, view.conversation_id),
-                Arc::from(text),
-            ),
-            Err(e) => tracing::warn!(error = %e, "an event frame could not be written"),
-        }
-    }
-
-    /// Append, then publish the stored event to the conversation's listeners.
+    /// Append, and publish the stored event to the conversation's listeners once it has
+    /// committed. Publishing is the store's commit hook, so it happens in commit order: every
+    /// listener gets a chat's events in sequence order, and one that resumes from the highest seq
+    /// it saw misses nothing. (Published after the append returned, a message that had to look up
+    /// a name went out after a later one that did not, and a resume skipped it.)
     async fn append_and_publish(
         &self,
         tenant: TenantId,
@@ -401,53 +340,59 @@ impl App {
         transition: Transition,
     ) -> Result<Appended, AppError> {
         let cipher = self.keys.cipher(self.store.as_ref(), tenant).await?;
-        let seal_cipher = cipher.clone();
-        let plain = body.map(str::to_owned);
-        let sealer: parley_core::store::Sealer = std::sync::Arc::new(move |seq: i64| {
-            seal_cipher.seal(
-                &body_context(conv, seq),
-                plain.as_deref().unwrap_or_default().as_bytes(),
-            )
+        // The names the live event shows are looked up before: nothing waits between commit and
+        // publish.
+        let mut needed = vec![];
+        if let Some(Author::Agent(a)) = Author::parse(&event.author) {
+            needed.push(a);
+        }
+        if let Some(a) = serde_json::from_str::<Value>(&event.data)
+            .ok()
+            .and_then(|d| d["agent_id"].as_str().and_then(|s| s.parse().ok()))
+        {
+            needed.push(a);
+        }
+        let names = self.agent_names_for(&cipher, tenant, &needed).await?;
+        let plain: Option<Arc<str>> = body.map(Arc::from);
+        let sealer: Option<Sealer> = plain.clone().map(|plain| {
+            let cipher = cipher.clone();
+            Arc::new(move |seq: i64| cipher.seal(&body_context(conv, seq), plain.as_bytes()))
+                as Sealer
         });
-        let appended = self
-            .store
-            .append_event(tenant, conv, &event, body.map(|_| sealer), &transition)
+        let publish: OnCommit = {
+            let hub = self.hub.clone();
+            let event = event.clone();
+            Arc::new(move |appended: &Appended| {
+                crate::fault::point("after_commit");
+                let record = EventRecord {
+                    conversation: conv,
+                    seq: appended.seq,
+                    kind: event.kind,
+                    at: appended.at,
+                    author: event.author.clone(),
+                    client_msg_id: event.client_msg_id.clone(),
+                    body_ct: None,
+                    data: event.data.clone(),
+                };
+                // The live form carries the plaintext we already have (no seal/open round
+                // trip); a transfer note stays in the store for agents who open the chat.
+                match event_view(&cipher, &record, &names, false) {
+                    Ok(mut view) => {
+                        if event.kind != EventKind::Transferred {
+                            view.body = plain.as_deref().map(str::to_owned);
+                        }
+                        publish_event(&hub, tenant, &view);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "an event could not be published"),
+                }
+                crate::fault::point("after_publish");
+            })
+        };
+        self.store
+            .append_event_then(tenant, conv, &event, sealer, &transition, Some(publish))
             .await
             .map_err(AppError::from)
-            .map_err(conflict_to_domain)?;
-        crate::fault::point("after_commit");
-        if !appended.duplicate {
-            let mut needed = vec![];
-            if let Some(Author::Agent(a)) = Author::parse(&event.author) {
-                needed.push(a);
-            }
-            if let Some(a) = serde_json::from_str::<Value>(&event.data)
-                .ok()
-                .and_then(|d| d["agent_id"].as_str().and_then(|s| s.parse().ok()))
-            {
-                needed.push(a);
-            }
-            let names = self.agent_names_for(&cipher, tenant, &needed).await?;
-            let record = EventRecord {
-                conversation: conv,
-                seq: appended.seq,
-                kind: event.kind,
-                at: appended.at,
-                author: event.author.clone(),
-                client_msg_id: event.client_msg_id.clone(),
-                body_ct: None,
-                data: event.data.clone(),
-            };
-            // The live form carries the plaintext we already have (no seal/open round trip);
-            // a transfer note stays in the store for agents who open the chat.
-            let mut view = self.event_view(&cipher, &record, &names, false)?;
-            if event.kind != EventKind::Transferred {
-                view.body = body.map(str::to_owned);
-            }
-            self.publish_event(tenant, &view);
-            crate::fault::point("after_publish");
-        }
-        Ok(appended)
+            .map_err(conflict_to_domain)
     }
 
     // ----------------------------------------------------------------------------------------
@@ -805,7 +750,7 @@ impl App {
             let Some(last) = page.last() else { break };
             after = last.seq;
             for e in &page {
-                out.push(self.event_view(&cipher, e, &names, for_visitor)?);
+                out.push(event_view(&cipher, e, &names, for_visitor)?);
             }
         }
         Ok(out)
@@ -1804,4 +1749,66 @@ fn validate_prechat(fields: &PrechatFields, answers: Prechat) -> Result<Prechat,
         email,
         question,
     })
+}
+
+fn event_view(
+    cipher: &TenantCipher,
+    e: &EventRecord,
+    names: &HashMap<UserId, String>,
+    for_visitor: bool,
+) -> Result<EventView, AppError> {
+    let author = Author::parse(&e.author).unwrap_or(Author::System);
+    let (author_kind, agent_id) = match author {
+        Author::Visitor => ("visitor", None),
+        Author::Agent(id) => ("agent", Some(id)),
+        Author::System => ("system", None),
+    };
+    // Transfer notes are for agents only.
+    let hide_body = for_visitor && e.kind == EventKind::Transferred;
+    let body = match (&e.body_ct, hide_body) {
+        (Some(ct), false) => Some(cipher.open_string(&body_context(e.conversation, e.seq), ct)?),
+        _ => None,
+    };
+    let mut data: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
+    if let Some(a) = data
+        .get("agent_id")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<UserId>().ok())
+    {
+        data["agent_name"] = json!(names.get(&a));
+    }
+    Ok(EventView {
+        conversation_id: e.conversation,
+        seq: e.seq,
+        kind: e.kind,
+        at: e.at.0,
+        author: author_kind,
+        agent_id,
+        agent_name: agent_id.and_then(|a| names.get(&a).cloned()),
+        body,
+        client_msg_id: e.client_msg_id.clone(),
+        data,
+    })
+}
+
+fn publish_event(hub: &Hub, tenant: TenantId, view: &EventView) {
+    /// The live form of an event: its view with `"type": "event"`, written straight to text
+    /// (through a `Value` it cost three times as many instructions, a tenth of a message's).
+    #[derive(Serialize)]
+    struct EventFrame<'a> {
+        r#type: &'static str,
+        #[serde(flatten)]
+        event: &'a EventView,
+    }
+    let f = EventFrame {
+        r#type: "event",
+        event: view,
+    };
+    match serde_json::to_string(&f) {
+        Ok(text) => hub.publish(
+            Topic::Conversation(tenant, view.conversation_id),
+            Arc::from(text),
+        ),
+        Err(e) => tracing::warn!(error = %e, "an event frame could not be written"),
+    }
 }

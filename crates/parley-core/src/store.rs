@@ -306,6 +306,12 @@ pub struct NewEvent {
 /// can bind tenant, conversation and sequence number.
 pub type Sealer = std::sync::Arc<dyn Fn(i64) -> Vec<u8> + Send + Sync>;
 
+/// Runs once a new event has committed, before its writer is answered; not for a duplicate or a
+/// refusal. The store runs these one at a time in commit order, so whatever they publish reaches
+/// listeners in sequence order (a listener that resumes from the highest seq it saw misses
+/// nothing). It runs on the writer's task: it must be quick and must not block.
+pub type OnCommit = std::sync::Arc<dyn Fn(&Appended) + Send + Sync>;
+
 #[derive(Debug, Clone)]
 pub struct EventRecord {
     pub conversation: ConversationId,
@@ -451,6 +457,19 @@ pub trait ChatStore: Send + Sync {
         event: &NewEvent,
         body: Option<Sealer>,
         transition: &Transition,
+    ) -> StoreResult<Appended> {
+        self.append_event_then(tenant, conversation, event, body, transition, None)
+            .await
+    }
+    /// `append_event`, running `on_commit` (see [`OnCommit`]) once the new event has committed.
+    async fn append_event_then(
+        &self,
+        tenant: TenantId,
+        conversation: ConversationId,
+        event: &NewEvent,
+        body: Option<Sealer>,
+        transition: &Transition,
+        on_commit: Option<OnCommit>,
     ) -> StoreResult<Appended>;
     /// Events after `after_seq`, in order, at most `limit`.
     async fn events(

@@ -12,7 +12,7 @@ use parley_core::routing::Candidate;
 use parley_core::store::MessageFrom;
 use parley_core::store::{
     Appended, ChatStore, ConversationRecord, DepartmentRouting, EventRecord, NewEvent,
-    OfflineMessageRecord, PresenceRecord, Sealer, SilentVisitor, StoreError, StoreResult,
+    OfflineMessageRecord, OnCommit, PresenceRecord, Sealer, SilentVisitor, StoreError, StoreResult,
     Transition, VisitorRecord,
 };
 use parley_core::{
@@ -378,13 +378,14 @@ impl ChatStore for SqlStore {
             .collect()
     }
 
-    async fn append_event(
+    async fn append_event_then(
         &self,
         tenant: TenantId,
         cid: ConversationId,
         event: &NewEvent,
         body: Option<Sealer>,
         transition: &Transition,
+        on_commit: Option<OnCommit>,
     ) -> StoreResult<Appended> {
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
@@ -393,6 +394,7 @@ impl ChatStore for SqlStore {
             event: event.clone(),
             body,
             transition: transition.clone(),
+            on_commit,
             reply,
         };
         self.write(Write::Append(request), answer).await
@@ -783,6 +785,7 @@ pub(crate) struct AppendRequest {
     event: NewEvent,
     body: Option<Sealer>,
     transition: Transition,
+    on_commit: Option<OnCommit>,
     reply: oneshot::Sender<StoreResult<Appended>>,
 }
 
@@ -846,10 +849,21 @@ pub(crate) async fn append_writer(store: SqlStore, mut requests: mpsc::Receiver<
             Err(e) => Err(e),
         };
         match outcome {
-            Ok(done) => batch
-                .drain(..)
-                .zip(done)
-                .for_each(|(w, d)| answer(w, Ok(d))),
+            Ok(done) => {
+                // Hooks first, all of them in commit order; then the answers.
+                for (w, d) in batch.iter().zip(&done) {
+                    if let (Write::Append(r), Done::Appended(Ok(a))) = (w, d)
+                        && !a.duplicate
+                        && let Some(hook) = &r.on_commit
+                    {
+                        hook(a);
+                    }
+                }
+                batch
+                    .drain(..)
+                    .zip(done)
+                    .for_each(|(w, d)| answer(w, Ok(d)));
+            }
             Err(e) => {
                 own = None;
                 batch.drain(..).for_each(|w| answer(w, Err(e.clone())));

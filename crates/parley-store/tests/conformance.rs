@@ -87,6 +87,7 @@ scenario!(transfer_requeue_and_end_move_slots);
 scenario!(visitors_offline_messages_and_isolation);
 scenario!(visitor_liveness_moves_once_per_state);
 scenario!(appends_committed_together_fail_alone);
+scenario!(commit_hooks_run_in_sequence_order_before_the_answer);
 scenario!(closing_finishes_queued_writes_then_refuses);
 
 /// SQLite only: under writes that never pause, the write-ahead log still starts over, so it stays
@@ -1464,6 +1465,90 @@ mod scenarios {
                 .find(|e| e.client_msg_id.as_deref() == Some(id.as_str()))
                 .unwrap();
             assert_eq!((stored.seq, stored.at), (a.seq, a.at), "{id}");
+        }
+    }
+
+    /// What a live listener relies on: the hook of each new event runs after its commit, before
+    /// its writer hears back, and a chat's hooks run in sequence order however the writes were
+    /// interleaved; resends and refusals run none.
+    pub async fn commit_hooks_run_in_sequence_order_before_the_answer(store: SqlStore) {
+        use parley_core::store::OnCommit;
+        use std::sync::{Arc, Mutex};
+        let c = chat_setup(&store, "acme", 1, 2).await;
+        let convs = [
+            new_conversation(&store, &c).await,
+            new_conversation(&store, &c).await,
+        ];
+        let mut visitors = vec![];
+        for conv in &convs {
+            let rec = store.conversation(c.tenant, *conv).await.unwrap().unwrap();
+            visitors.push(rec.visitor);
+        }
+        let ran: Arc<Mutex<Vec<(ConversationId, i64)>>> = Arc::default();
+        let mut tasks = vec![];
+        for i in 0..120 {
+            let (s, t, conv, ran) = (store.clone(), c.tenant, convs[i % 2], ran.clone());
+            // 20 resends, 10 from a stranger; one assignment among the messages.
+            let id = format!("m{}", i % 100);
+            let (event, to) = if i == 33 {
+                (
+                    new_event(EventKind::Assigned, None),
+                    Transition::Assign {
+                        agent: c.agents[0],
+                        require_offer: false,
+                    },
+                )
+            } else {
+                let from = if i >= 100 && i % 4 < 2 {
+                    MessageFrom::Visitor(VisitorId::from_uuid(uid()))
+                } else {
+                    MessageFrom::Visitor(visitors[i % 2])
+                };
+                (
+                    new_event(EventKind::Message, Some(&id)),
+                    Transition::Message { from },
+                )
+            };
+            tasks.push(tokio::spawn(async move {
+                let record = ran.clone();
+                let hook: OnCommit = Arc::new(move |a| record.lock().unwrap().push((conv, a.seq)));
+                let r = s
+                    .append_event_then(t, conv, &event, None, &to, Some(hook))
+                    .await;
+                if let Ok(a) = &r {
+                    // A resend's number is its first copy's, whose hook ran before either answer.
+                    assert!(
+                        ran.lock().unwrap().contains(&(conv, a.seq)),
+                        "the hook ran before the answer"
+                    );
+                }
+                r.map(|a| a.duplicate)
+            }));
+        }
+        let (mut new, mut resends, mut refused) = (0, 0, 0);
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(false) => new += 1,
+                Ok(true) => resends += 1,
+                Err(StoreError::NotFound) => refused += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert_eq!((new, resends, refused), (100, 10, 10));
+        let ran = ran.lock().unwrap();
+        assert_eq!(
+            ran.len(),
+            100,
+            "one hook per new event, none for resends and refusals"
+        );
+        for conv in &convs {
+            let order: Vec<i64> = ran
+                .iter()
+                .filter(|(c, _)| c == conv)
+                .map(|(_, seq)| *seq)
+                .collect();
+            // Each chat's log starts with its `started` event (seq 1).
+            assert_eq!(order, (2..2 + order.len() as i64).collect::<Vec<_>>());
         }
     }
 

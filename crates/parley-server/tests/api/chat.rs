@@ -314,6 +314,59 @@ async fn resume_after_reconnect_gets_exactly_what_was_missed() {
     d.t.stop().await;
 }
 
+/// Live events reach every listener in sequence order however many sockets write at once: a
+/// client resumes from the highest seq it saw, so one event overtaken by a later one would never
+/// reach it. Several runtime threads, as in the server, so that writers really race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_events_arrive_in_sequence_order() {
+    let d = desk(Db::Sqlite, 1, 3, "assign", 30_000).await;
+    let (agent, _) = &d.agents[0];
+    let (v, conv) = start(&d, "Vic").await;
+    // Listening: the agent's console (subscribed to its chats) and a visitor tab.
+    let mut listeners = vec![Ws::open(&d.t, &agent.ticket().await).await];
+    let mut tab = Ws::open(&d.t, &v.ticket().await).await;
+    tab.send(json!({ "type": "resume", "conversation_id": conv, "since": 0 }))
+        .await;
+    let resumed = tab.until("resumed").await;
+    assert_eq!(resumed["last_seq"], 3, "started, question, assigned");
+    listeners.push(tab);
+    // Writing: four visitor tabs and four console tabs, 15 messages each, all at once.
+    let mut writers = vec![];
+    for _ in 0..4 {
+        writers.push(Ws::open(&d.t, &v.ticket().await).await);
+        writers.push(Ws::open(&d.t, &agent.ticket().await).await);
+    }
+    let tasks: Vec<_> = writers
+        .into_iter()
+        .enumerate()
+        .map(|(w, mut ws)| {
+            let conv = conv.clone();
+            tokio::spawn(async move {
+                for m in 0..15 {
+                    ws.send(json!({ "type": "send", "conversation_id": conv, "client_msg_id": format!("w{w}-{m}"), "body": format!("{w}/{m}") }))
+                        .await;
+                }
+                for _ in 0..15 {
+                    assert_eq!(ws.until("ack").await["type"], "ack");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for mut ws in listeners {
+        let mut seqs = vec![];
+        while seqs.len() < 120 {
+            let e = ws.event("message").await;
+            assert_eq!(e["type"], "event", "{e}");
+            seqs.push(e["seq"].as_i64().unwrap());
+        }
+        assert_eq!(seqs, (4..124).collect::<Vec<_>>(), "in sequence order");
+    }
+    d.t.stop().await;
+}
+
 both!(assignment_respects_capacity_and_queue_moves_on);
 async fn assignment_respects_capacity_and_queue_moves_on(db: Db) {
     let d = desk(db, 2, 1, "assign", 30_000).await;

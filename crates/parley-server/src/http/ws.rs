@@ -14,13 +14,16 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
-use parley_app::{App, AppError, ChatActor, Session, Subscriber, TicketSubject, Topic, Visitor};
+use parley_app::{
+    App, AppError, ChatActor, Frame, Session, Subscriber, TicketSubject, Topic, Visitor,
+};
 use parley_core::{ConversationId, TenantId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 pub const MAX_FRAME_BYTES: usize = 16 * 1024;
 const OUTGOING_QUEUE: usize = 256;
@@ -290,8 +293,12 @@ async fn run(app: App, mut socket: WebSocket) {
                     }
                 }
                 let is_ack = reply.as_ref().is_some_and(|m| matches!(m, Message::Text(t) if t.contains("\"type\":\"ack\"")));
+                // The live frames already waiting go out in the same write: after a send, that is
+                // the sender's own event, published before the append was answered.
                 if let Some(reply) = reply
-                    && socket.send(reply).await.is_err()
+                    && (socket.feed(reply).await.is_err()
+                        || !feed_waiting(&app, &who, &sub, &mut socket, &mut rx, 1).await
+                        || socket.flush().await.is_err())
                 {
                     break;
                 }
@@ -302,29 +309,12 @@ async fn run(app: App, mut socket: WebSocket) {
             outgoing = rx.recv() => {
                 let Some(frame) = outgoing else { break };
                 // Whatever else is waiting goes out with it, in one write.
-                let mut next = Some(frame);
-                let mut written = 0;
-                let mut ok = true;
-                while let Some(frame) = next.take() {
-                    // A console follows the chats it is given.
-                    if let Who::Agent(_) = &who
-                        && frame.contains("\"type\":\"chat_assigned\"")
-                        && let Ok(v) = serde_json::from_str::<Value>(&frame)
-                        && v["type"] == "chat_assigned"
-                        && let Some(id) = v["conversation"]["id"].as_str().and_then(|s| s.parse::<ConversationId>().ok())
-                    {
-                        app.hub.subscribe(Topic::Conversation(tenant, id), &sub);
-                    }
-                    if socket.feed(Message::Text(Utf8Bytes::from(frame.to_string()))).await.is_err() {
-                        ok = false;
-                        break;
-                    }
-                    written += 1;
-                    if written < WRITE_AT_ONCE {
-                        next = rx.try_recv().ok();
-                    }
+                if !feed_live(&app, &who, &sub, &mut socket, frame).await
+                    || !feed_waiting(&app, &who, &sub, &mut socket, &mut rx, 1).await
+                    || socket.flush().await.is_err()
+                {
+                    break;
                 }
-                if !ok || socket.flush().await.is_err() { break }
             }
             _ = sub.kill.notified() => {
                 close(&mut socket, 4408, "too slow: reconnect and resume").await;
@@ -349,6 +339,53 @@ async fn run(app: App, mut socket: WebSocket) {
         }
     }
     app.hub.unsubscribe_all(sub.id);
+}
+
+/// Queue a live frame on the socket (unflushed). A console follows the chats it is given.
+async fn feed_live(
+    app: &App,
+    who: &Who,
+    sub: &Subscriber,
+    socket: &mut WebSocket,
+    frame: Frame,
+) -> bool {
+    if let Who::Agent(_) = who
+        && frame.contains("\"type\":\"chat_assigned\"")
+        && let Ok(v) = serde_json::from_str::<Value>(&frame)
+        && v["type"] == "chat_assigned"
+        && let Some(id) = v["conversation"]["id"]
+            .as_str()
+            .and_then(|s| s.parse::<ConversationId>().ok())
+    {
+        app.hub
+            .subscribe(Topic::Conversation(who.tenant(), id), sub);
+    }
+    socket
+        .feed(Message::Text(Utf8Bytes::from(frame.to_string())))
+        .await
+        .is_ok()
+}
+
+/// Queue the live frames waiting for this socket, up to `WRITE_AT_ONCE` frames in all counting
+/// the `fed` ones already queued, so that one flush writes them together.
+async fn feed_waiting(
+    app: &App,
+    who: &Who,
+    sub: &Subscriber,
+    socket: &mut WebSocket,
+    rx: &mut mpsc::Receiver<Frame>,
+    mut fed: usize,
+) -> bool {
+    while fed < WRITE_AT_ONCE {
+        let Ok(frame) = rx.try_recv() else {
+            return true;
+        };
+        if !feed_live(app, who, sub, socket, frame).await {
+            return false;
+        }
+        fed += 1;
+    }
+    true
 }
 
 async fn handle(

@@ -3,7 +3,7 @@
 //! allocated inside the transaction, so they are gapless per conversation.
 
 use crate::SqlStore;
-use crate::sql::{Tx, append_audit_tx, corrupt, db, db_write, flag, id};
+use crate::sql::{Backend, Tx, append_audit_tx, corrupt, db, db_write, flag, id};
 use parley_core::audit::AuditEvent;
 use parley_core::conversation::{
     AgentStatus, ConnectionPeriods, ConversationStatus, EventKind, VisitorConnection,
@@ -21,13 +21,42 @@ use parley_core::{
 use sqlx::any::AnyRow;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, Connection, Row};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
-const CONVERSATION_COLUMNS: &str = "tenant_id, id, visitor_id, department_id, status, agent_id, offered_to, \
-     offer_expires_at, declined_by, prechat_ct, last_seq, created_at, queued_at, ended_at, visitor_state, visitor_seen_at";
+/// A conversation's columns, as `conversation_row` reads them, with `last_seq` from `$last_seq`.
+macro_rules! conversation_columns {
+    ($last_seq:expr) => {
+        concat!(
+            "tenant_id, id, visitor_id, department_id, status, agent_id, offered_to, \
+             offer_expires_at, declined_by, prechat_ct, ",
+            $last_seq,
+            ", created_at, queued_at, ended_at, visitor_state, visitor_seen_at"
+        )
+    };
+}
+
+/// The last sequence number of chat `c`. PostgreSQL keeps it in the chat's row: allocating the
+/// next one there takes the row lock that orders the writers of several nodes. SQLite, with one
+/// writer holding the database's write lock, reads it from the chat's log (the last entry of the
+/// log's primary key, one B-tree descent), so that a plain message writes its event and nothing
+/// else: updating the chat's row too cost 8% of the server's CPU per message (docs/BENCHMARKS.md).
+/// Its `conversations` table has no `last_seq` column (migration 4).
+macro_rules! sqlite_last_seq {
+    () => {
+        "(SELECT COALESCE(MAX(log.seq), 0) FROM conversation_events log \
+         WHERE log.tenant_id = c.tenant_id AND log.conversation_id = c.id)"
+    };
+}
+
+/// The columns of `conversations c` for each backend, as `conversation_row` reads them.
+fn conversation_columns(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => conversation_columns!("last_seq"),
+        Backend::Sqlite => conversation_columns!(concat!(sqlite_last_seq!(), " AS last_seq")),
+    }
+}
 
 fn opt_id<T: std::str::FromStr>(r: &AnyRow, col: &str) -> StoreResult<Option<T>> {
     let s: Option<String> = r.try_get(col).map_err(db)?;
@@ -245,8 +274,16 @@ impl ChatStore for SqlStore {
             return Err(StoreError::NotFound);
         }
         let mut tx = self.begin_write().await?;
+        // The log starts with the `started` event, seq 1 (on SQLite the log is the counter).
+        let (counter, first) = match self.backend {
+            Backend::Postgres => (", last_seq", ", 1"),
+            Backend::Sqlite => ("", ""),
+        };
         sqlx::query(&format!(
-            "INSERT INTO conversations ({CONVERSATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, NULL, NULL, NULL, $6, $7, 1, $8, $9, NULL, 'connected', $10)"
+            "INSERT INTO conversations (tenant_id, id, visitor_id, department_id, status, agent_id, \
+             offered_to, offer_expires_at, declined_by, prechat_ct, created_at, queued_at, ended_at, \
+             visitor_state, visitor_seen_at{counter}) \
+             VALUES ($1, $2, $3, $4, $5, NULL, NULL, NULL, $6, $7, $8, $9, NULL, 'connected', $10{first})"
         ))
         .bind(tenant.to_string())
         .bind(c.id.to_string())
@@ -271,7 +308,8 @@ impl ChatStore for SqlStore {
         cid: ConversationId,
     ) -> StoreResult<Option<ConversationRecord>> {
         sqlx::query(&format!(
-            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = $1 AND id = $2"
+            "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND id = $2",
+            cols = conversation_columns(self.backend)
         ))
         .bind(tenant.to_string())
         .bind(cid.to_string())
@@ -289,8 +327,9 @@ impl ChatStore for SqlStore {
         visitor: parley_core::VisitorId,
     ) -> StoreResult<Option<ConversationRecord>> {
         sqlx::query(&format!(
-            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = $1 AND visitor_id = $2 AND status <> 'ended' \
-             ORDER BY created_at DESC LIMIT 1"
+            "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND visitor_id = $2 AND status <> 'ended' \
+             ORDER BY created_at DESC LIMIT 1",
+            cols = conversation_columns(self.backend)
         ))
         .bind(tenant.to_string())
         .bind(visitor.to_string())
@@ -310,16 +349,18 @@ impl ChatStore for SqlStore {
     ) -> StoreResult<Vec<ConversationRecord>> {
         let rows = match department {
             Some(d) => sqlx::query(&format!(
-                "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = $1 AND status = $2 AND department_id = $3 ORDER BY queued_at, id"
-            ))
+                "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND status = $2 AND department_id = $3 ORDER BY queued_at, id",
+            cols = conversation_columns(self.backend)
+        ))
             .bind(tenant.to_string())
             .bind(status.as_str())
             .bind(d.to_string())
             .fetch_all(&self.pool)
             .await,
             None => sqlx::query(&format!(
-                "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = $1 AND status = $2 ORDER BY queued_at, id"
-            ))
+                "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND status = $2 ORDER BY queued_at, id",
+            cols = conversation_columns(self.backend)
+        ))
             .bind(tenant.to_string())
             .bind(status.as_str())
             .fetch_all(&self.pool)
@@ -335,7 +376,8 @@ impl ChatStore for SqlStore {
         agent: UserId,
     ) -> StoreResult<Vec<ConversationRecord>> {
         sqlx::query(&format!(
-            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = $1 AND agent_id = $2 AND status = 'assigned' ORDER BY queued_at, id"
+            "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND agent_id = $2 AND status = 'assigned' ORDER BY queued_at, id",
+            cols = conversation_columns(self.backend)
         ))
         .bind(tenant.to_string())
         .bind(agent.to_string())
@@ -360,8 +402,9 @@ impl ChatStore for SqlStore {
             None => String::new(),
         };
         let sql = format!(
-            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = $1 AND status = 'ended' AND ended_at < $2 {filter} \
-             ORDER BY ended_at DESC, id LIMIT $3"
+            "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND status = 'ended' AND ended_at < $2 {filter} \
+             ORDER BY ended_at DESC, id LIMIT $3",
+            cols = conversation_columns(self.backend)
         );
         let mut q = sqlx::query(&sql)
             .bind(tenant.to_string())
@@ -454,7 +497,8 @@ impl ChatStore for SqlStore {
     ) -> StoreResult<bool> {
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(&format!(
-            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = $1 AND id = $2 AND status = 'queued' AND offered_to = $3"
+            "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND id = $2 AND status = 'queued' AND offered_to = $3",
+            cols = conversation_columns(self.backend)
         ))
         .bind(tenant.to_string())
         .bind(cid.to_string())
@@ -819,7 +863,7 @@ pub(crate) async fn append_writer(store: SqlStore, mut requests: mpsc::Receiver<
     // SQLite: the log is copied back into the database by a task of its own, on its own
     // connection, so that no commit waits for a checkpoint (see SQLITE_PRAGMAS); the writer
     // finishes the job between batches when the log has grown (see `checkpoint_loop`).
-    let sqlite = store.backend == crate::sql::Backend::Sqlite;
+    let sqlite = store.backend == Backend::Sqlite;
     let catch_up = Arc::new(AtomicBool::new(false));
     let checkpointer =
         sqlite.then(|| tokio::spawn(checkpoint_loop(store.pool.clone(), catch_up.clone())));
@@ -898,7 +942,7 @@ async fn writer_connection<'c>(
         Some(conn) => conn,
         None => {
             let mut conn = store.pool.acquire().await.map_err(db)?;
-            if store.backend == crate::sql::Backend::Sqlite {
+            if store.backend == Backend::Sqlite {
                 // The pages a batch touches (the chats' rows, their logs' index pages) stay cached.
                 sqlx::query(WRITER_CACHE)
                     .execute(&mut *conn)
@@ -989,24 +1033,6 @@ fn answer(w: Write, outcome: StoreResult<Done>) {
     }
 }
 
-/// Sequence numbers handed out in this batch but not yet written to `conversations.last_seq`:
-/// on SQLite plain messages write only their event and the counter is brought up once per
-/// conversation (on PostgreSQL each message updates it, inside its own savepoint).
-type PendingSeqs = HashMap<(TenantId, ConversationId), i64>;
-
-async fn flush_seqs(tx: &mut Tx<'_>, pending: &mut PendingSeqs) -> StoreResult<()> {
-    for ((tenant, cid), last) in pending.drain() {
-        sqlx::query("UPDATE conversations SET last_seq = $1 WHERE tenant_id = $2 AND id = $3")
-            .bind(last)
-            .bind(tenant.to_string())
-            .bind(cid.to_string())
-            .execute(&mut **tx)
-            .await
-            .map_err(db)?;
-    }
-    Ok(())
-}
-
 /// Apply a batch in one transaction. A write refused for its own reasons (a duplicate, an ended
 /// chat, a lost race) is answered alone and leaves the others; a database failure fails the
 /// batch, and every writer in it is told so (nothing of it is committed).
@@ -1016,18 +1042,14 @@ async fn flush_seqs(tx: &mut Tx<'_>, pending: &mut PendingSeqs) -> StoreResult<(
 /// spoils the transaction, every write does.
 async fn commit_batch(
     conn: &mut AnyConnection,
-    backend: crate::sql::Backend,
+    backend: Backend,
     batch: &[Write],
 ) -> StoreResult<Vec<Done>> {
-    let postgres = backend == crate::sql::Backend::Postgres;
+    let postgres = backend == Backend::Postgres;
     let mut tx = conn.begin_with(backend.begin_write()).await.map_err(db)?;
-    let mut pending = PendingSeqs::new();
     let mut done = Vec::with_capacity(batch.len());
     for w in batch {
         let slow = matches!(w, Write::Append(r) if !matches!(r.transition, Transition::None | Transition::Message { .. }));
-        if slow {
-            flush_seqs(&mut tx, &mut pending).await?;
-        }
         let savepoint = slow || postgres;
         if savepoint {
             sqlx::query("SAVEPOINT write")
@@ -1039,6 +1061,7 @@ async fn commit_batch(
             Write::Append(r) if slow => Done::Appended(
                 append_in_tx(
                     &mut tx,
+                    backend,
                     r.tenant,
                     r.conversation,
                     &r.event,
@@ -1047,9 +1070,7 @@ async fn commit_batch(
                 )
                 .await,
             ),
-            Write::Append(r) => {
-                Done::Appended(append_message(&mut tx, &mut pending, r, postgres).await?)
-            }
+            Write::Append(r) => Done::Appended(append_message(&mut tx, backend, r).await?),
             Write::Touch(r) => Done::Touched(touch_in_tx(&mut tx, r).await),
         };
         let failed = matches!(&result, Done::Appended(Err(_)) | Done::Touched(Err(_)));
@@ -1069,7 +1090,6 @@ async fn commit_batch(
         }
         done.push(result);
     }
-    flush_seqs(&mut tx, &mut pending).await?;
     tx.commit().await.map_err(db)?;
     Ok(done)
 }
@@ -1080,18 +1100,22 @@ async fn commit_batch(
 /// failing statement can end the transaction, so carrying on would be unsafe).
 async fn append_message(
     tx: &mut Tx<'_>,
-    pending: &mut PendingSeqs,
+    backend: Backend,
     r: &AppendRequest,
-    postgres: bool,
 ) -> StoreResult<StoreResult<Appended>> {
+    let postgres = backend == Backend::Postgres;
     let (tenant, cid) = (r.tenant, r.conversation);
     // The row lock (PostgreSQL) keeps other nodes' writers out of this chat until commit; SQLite
     // has one writer, holding the database's write lock.
-    let lock = if postgres { " FOR UPDATE OF c" } else { "" };
+    let (last_seq, lock) = match backend {
+        Backend::Postgres => ("c.last_seq", " FOR UPDATE OF c"),
+        Backend::Sqlite => (sqlite_last_seq!(), ""),
+    };
     let row = sqlx::query(&format!(
-        "SELECT c.status, c.visitor_id, c.agent_id, c.last_seq, e.seq AS dup_seq, e.at AS dup_at \
-         FROM conversations c LEFT JOIN conversation_events e ON e.tenant_id = c.tenant_id \
-         AND e.conversation_id = c.id AND e.client_msg_id = $3 WHERE c.tenant_id = $1 AND c.id = $2{lock}"
+        "SELECT c.status, c.visitor_id, c.agent_id, {last_seq} AS last_seq, e.seq AS dup_seq, \
+         e.at AS dup_at FROM conversations c LEFT JOIN conversation_events e \
+         ON e.tenant_id = c.tenant_id AND e.conversation_id = c.id AND e.client_msg_id = $3 \
+         WHERE c.tenant_id = $1 AND c.id = $2{lock}"
     ))
     .bind(tenant.to_string())
     .bind(cid.to_string())
@@ -1126,8 +1150,9 @@ async fn append_message(
     if status == ConversationStatus::Ended.as_str() {
         return Ok(Err(StoreError::Conflict("conversation_ended")));
     }
-    let stored: i64 = row.try_get("last_seq").map_err(db)?;
-    let seq = pending.get(&(tenant, cid)).copied().unwrap_or(stored) + 1;
+    // On SQLite this transaction's own earlier inserts count: two messages to one chat in a
+    // batch get consecutive numbers.
+    let seq = row.try_get::<i64, _>("last_seq").map_err(db)? + 1;
     let body_ct = r.body.as_ref().map(|seal| seal(seq));
     insert_event(tx, tenant, cid, seq, &r.event, body_ct).await?;
     if postgres {
@@ -1139,8 +1164,6 @@ async fn append_message(
             .execute(&mut **tx)
             .await
             .map_err(db)?;
-    } else {
-        pending.insert((tenant, cid), seq);
     }
     Ok(Ok(Appended {
         seq,
@@ -1191,6 +1214,7 @@ async fn touch_in_tx(tx: &mut Tx<'_>, r: &TouchRequest) -> StoreResult<Option<Vi
 /// One append inside the writer's transaction.
 async fn append_in_tx(
     tx: &mut Tx<'_>,
+    backend: Backend,
     tenant: TenantId,
     cid: ConversationId,
     event: &NewEvent,
@@ -1213,11 +1237,20 @@ async fn append_in_tx(
             });
         }
     }
-    // Allocating the sequence number also locks the conversation row until commit.
-    let row = sqlx::query(&format!(
-            "UPDATE conversations SET last_seq = last_seq + 1 WHERE tenant_id = $1 AND id = $2 AND status <> 'ended' \
-             RETURNING {CONVERSATION_COLUMNS}"
-        ))
+    // On PostgreSQL allocating the sequence number also locks the conversation row until commit;
+    // on SQLite the next one follows the log (see `sqlite_last_seq`).
+    let sql = match backend {
+        Backend::Postgres => format!(
+            "UPDATE conversations SET last_seq = last_seq + 1 WHERE tenant_id = $1 AND id = $2 \
+             AND status <> 'ended' RETURNING {}",
+            conversation_columns(backend)
+        ),
+        Backend::Sqlite => format!(
+            "SELECT {} FROM conversations c WHERE tenant_id = $1 AND id = $2 AND status <> 'ended'",
+            conversation_columns(backend)
+        ),
+    };
+    let row = sqlx::query(&sql)
         .bind(tenant.to_string())
         .bind(cid.to_string())
         .fetch_optional(&mut **tx)
@@ -1237,7 +1270,10 @@ async fn append_in_tx(
             StoreError::NotFound
         });
     };
-    let conv = conversation_row(&row)?;
+    let mut conv = conversation_row(&row)?;
+    if backend == Backend::Sqlite {
+        conv.last_seq += 1;
+    }
     let seq = conv.last_seq;
     let now = event.at;
     let set = |sql: &'static str| sqlx::query(sql);

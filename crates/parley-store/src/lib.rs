@@ -1,9 +1,11 @@
 //! Parley's `Store` on SQLite and PostgreSQL.
 //!
 //! Both backends are always compiled; the database URL picks one at start-up. The SQL is written
-//! once, in the subset both understand (`$1` placeholders, TEXT/INTEGER/BLOB-or-BYTEA columns),
+//! once where it can be, in the subset both understand (`$1` placeholders, TEXT/INTEGER/BLOB-or-BYTEA columns),
 //! and runs through sqlx's `Any` driver with runtime-checked queries, so no database is needed at
-//! build time. The two migration trees differ only in type names and carry the same versions.
+//! build time. The two migration trees carry the same versions and differ in type names, and in
+//! one place where SQLite keeps less: it has no `conversations.last_seq` counter (migration 4), a
+//! chat's log is its counter there.
 
 mod chat;
 mod migrations;

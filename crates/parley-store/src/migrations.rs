@@ -27,6 +27,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0003_offer_index.sql"),
         postgres: include_str!("../migrations/postgres/0003_offer_index.sql"),
     },
+    Migration {
+        version: 4,
+        name: "log_is_the_counter",
+        sqlite: include_str!("../migrations/sqlite/0004_log_is_the_counter.sql"),
+        postgres: include_str!("../migrations/postgres/0004_log_is_the_counter.sql"),
+    },
 ];
 
 pub fn latest_version() -> i64 {

@@ -104,6 +104,46 @@ async fn sqlite_log_starts_over_under_steady_writes() {
     store.close().await;
 }
 
+/// SQLite only: migration 4 drops the chats' `last_seq` counter (the log is the counter there).
+/// A database from before it, with chats in it, upgrades in place and every chat goes on from
+/// its last event.
+#[tokio::test]
+async fn sqlite_upgrade_counts_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = SqlStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let (tenant, conv) = scenarios::chat_with_messages(&store, 2).await;
+    store.close().await;
+    // Put the database back as migration 3 left it: the counter there, and right.
+    let mut raw = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    for sql in [
+        "ALTER TABLE conversations ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0",
+        "UPDATE conversations SET last_seq = 3",
+        "DELETE FROM parley_migrations WHERE version = 4",
+    ] {
+        sqlx::query(sql).execute(&mut raw).await.unwrap();
+    }
+    raw.close().await.unwrap();
+
+    let store = SqlStore::connect(&url).await.unwrap();
+    assert!(!store.ready().await.unwrap(), "migration 4 is pending");
+    assert_eq!(store.migrate().await.unwrap(), vec![4]);
+    let rec = store.conversation(tenant, conv).await.unwrap().unwrap();
+    assert_eq!(rec.last_seq, 3, "started and two messages");
+    let next = scenarios::one_more_message(&store, tenant, conv, rec.visitor).await;
+    assert_eq!(next, 4);
+    let seqs: Vec<i64> = store
+        .events(tenant, conv, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    store.close().await;
+}
+
 fn event(tenant: TenantId, action: &'static str) -> AuditEvent {
     AuditEvent {
         id: AuditEventId::from_uuid(uid()),
@@ -1550,6 +1590,44 @@ mod scenarios {
             // Each chat's log starts with its `started` event (seq 1).
             assert_eq!(order, (2..2 + order.len() as i64).collect::<Vec<_>>());
         }
+    }
+
+    /// A chat with `n` visitor messages after its `started` event.
+    pub async fn chat_with_messages(store: &SqlStore, n: usize) -> (TenantId, ConversationId) {
+        let c = chat_setup(store, "acme", 1, 2).await;
+        let conv = new_conversation(store, &c).await;
+        let visitor = store
+            .conversation(c.tenant, conv)
+            .await
+            .unwrap()
+            .unwrap()
+            .visitor;
+        for _ in 0..n {
+            one_more_message(store, c.tenant, conv, visitor).await;
+        }
+        (c.tenant, conv)
+    }
+
+    /// Append one visitor message; its sequence number.
+    pub async fn one_more_message(
+        store: &SqlStore,
+        tenant: TenantId,
+        conv: ConversationId,
+        visitor: VisitorId,
+    ) -> i64 {
+        let id = uid().simple().to_string();
+        let from = MessageFrom::Visitor(visitor);
+        store
+            .append_event(
+                tenant,
+                conv,
+                &new_event(EventKind::Message, Some(&id)),
+                None,
+                &Transition::Message { from },
+            )
+            .await
+            .unwrap()
+            .seq
     }
 
     pub async fn steady_writes_keep_the_log_small(store: SqlStore, wal: std::path::PathBuf) {

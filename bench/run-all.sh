@@ -5,7 +5,7 @@
 #   over WebSocket, archive on SQLite; installed from Debian's packages if missing);
 #   saturation, fan-out, idle, reconnect storm and crash against Parley.
 # Results (JSON) go to bench/results/; a summary with medians is printed at the end and the
-# sweep chart is redrawn. Loopback only; about 15 minutes.
+# sweep chart is redrawn. Loopback only; 13-17 minutes.
 #
 #   bench/run-all.sh                       # everything
 #   SCENARIOS="sweep idle" bench/run-all.sh # some of it

@@ -824,26 +824,26 @@ pub(crate) enum Write {
 }
 
 pub(crate) struct AppendRequest {
-    tenant: TenantId,
-    conversation: ConversationId,
-    event: NewEvent,
-    body: Option<Sealer>,
-    transition: Transition,
+    pub(crate) tenant: TenantId,
+    pub(crate) conversation: ConversationId,
+    pub(crate) event: NewEvent,
+    pub(crate) body: Option<Sealer>,
+    pub(crate) transition: Transition,
     on_commit: Option<OnCommit>,
     reply: oneshot::Sender<StoreResult<Appended>>,
 }
 
 /// A visitor heartbeat: stamp `visitor_seen_at` while they are connected.
 pub(crate) struct TouchRequest {
-    tenant: TenantId,
-    conversation: ConversationId,
-    visitor: VisitorId,
-    now: Timestamp,
+    pub(crate) tenant: TenantId,
+    pub(crate) conversation: ConversationId,
+    pub(crate) visitor: VisitorId,
+    pub(crate) now: Timestamp,
     reply: oneshot::Sender<StoreResult<Option<VisitorConnection>>>,
 }
 
 /// What a write came to, answered once the batch has committed.
-enum Done {
+pub(crate) enum Done {
     Appended(StoreResult<Appended>),
     Touched(StoreResult<Option<VisitorConnection>>),
 }
@@ -859,7 +859,11 @@ const MAX_BATCH: usize = 512;
 /// batch (a pooled connection's cache is thrown away whenever another connection has written
 /// since it was last used, and every page is read again). After a database failure it lets that
 /// connection go and takes a fresh one for the next batch.
-pub(crate) async fn append_writer(store: SqlStore, mut requests: mpsc::Receiver<Write>) {
+pub(crate) async fn append_writer(
+    store: SqlStore,
+    mut requests: mpsc::Receiver<Write>,
+    sqlite_file: Option<std::path::PathBuf>,
+) {
     // SQLite: the log is copied back into the database by a task of its own, on its own
     // connection, so that no commit waits for a checkpoint (see SQLITE_PRAGMAS); the writer
     // finishes the job between batches when the log has grown (see `checkpoint_loop`).
@@ -868,6 +872,7 @@ pub(crate) async fn append_writer(store: SqlStore, mut requests: mpsc::Receiver<
     let checkpointer =
         sqlite.then(|| tokio::spawn(checkpoint_loop(store.pool.clone(), catch_up.clone())));
     let mut own: Option<PoolConnection<Any>> = None;
+    let mut thread: Option<crate::sqlite_writer::Thread> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut stopping = false;
     loop {
@@ -888,9 +893,15 @@ pub(crate) async fn append_writer(store: SqlStore, mut requests: mpsc::Receiver<
                 Err(_) => break,
             }
         }
-        let outcome = match writer_connection(&store, &mut own).await {
-            Ok(conn) => commit_batch(conn, store.backend, &batch).await,
-            Err(e) => Err(e),
+        // SQLite's plain batches go to a thread with its own connection (see `sqlite_writer`).
+        let outcome = match &sqlite_file {
+            Some(file) if crate::sqlite_writer::takes(&batch) => {
+                crate::sqlite_writer::commit(&mut thread, file, &mut batch).await
+            }
+            _ => match writer_connection(&store, &mut own).await {
+                Ok(conn) => commit_batch(conn, store.backend, &batch).await,
+                Err(e) => Err(e),
+            },
         };
         match outcome {
             Ok(done) => {
@@ -913,12 +924,14 @@ pub(crate) async fn append_writer(store: SqlStore, mut requests: mpsc::Receiver<
                 batch.drain(..).for_each(|w| answer(w, Err(e.clone())));
             }
         }
-        if catch_up.load(Ordering::Relaxed)
-            && let Some(conn) = own.as_mut()
-        {
+        if catch_up.load(Ordering::Relaxed) {
             // Asked again after the next batch unless every page was copied back (the
             // background checkpoint may hold the checkpoint lock, or a reader a page).
-            match checkpoint(conn).await {
+            let done = match writer_connection(&store, &mut own).await {
+                Ok(conn) => checkpoint(conn).await,
+                Err(e) => Err(e),
+            };
+            match done {
                 Ok(c) if c.complete() => catch_up.store(false, Ordering::Relaxed),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "checkpointing the write-ahead log failed"),
@@ -926,6 +939,9 @@ pub(crate) async fn append_writer(store: SqlStore, mut requests: mpsc::Receiver<
         }
     }
     drop(own);
+    if let Some(t) = thread {
+        t.stop().await;
+    }
     if let Some(c) = checkpointer {
         c.abort();
         // Its connection is back in the pool once it has ended.
@@ -956,7 +972,7 @@ async fn writer_connection<'c>(
 }
 
 /// The writer's page cache: 32 MiB (SQLite's default is 2 MiB per connection).
-const WRITER_CACHE: &str = "PRAGMA cache_size = -32768";
+pub(crate) const WRITER_CACHE: &str = "PRAGMA cache_size = -32768";
 
 /// A log of this many pages (about 4 MiB) or more is finished off by the writer between batches.
 const CATCH_UP_FRAMES: i64 = 1000;
@@ -1094,6 +1110,52 @@ async fn commit_batch(
     Ok(done)
 }
 
+/// What the read of a plain message found: the chat's state, who may write in it, and an earlier
+/// copy of the message (its seq and time).
+pub(crate) struct PlainRead {
+    pub(crate) status: String,
+    pub(crate) visitor: VisitorId,
+    pub(crate) agent: Option<UserId>,
+    pub(crate) last_seq: i64,
+    pub(crate) earlier: Option<(i64, i64)>,
+}
+
+/// What a plain message comes to, decided from its read alone (for both writers).
+pub(crate) enum Plain {
+    /// Answer without writing: a refusal, or the earlier copy's number.
+    Answer(StoreResult<Appended>),
+    /// Insert the event under this seq.
+    Insert(i64),
+}
+
+pub(crate) fn decide_plain(read: &PlainRead, r: &AppendRequest) -> Plain {
+    // Who writes is checked first: a stranger learns nothing, not even of an earlier copy.
+    match r.transition {
+        Transition::Message {
+            from: MessageFrom::Visitor(v),
+        } if v != read.visitor => return Plain::Answer(Err(StoreError::NotFound)),
+        Transition::Message {
+            from: MessageFrom::Agent(a),
+        } if read.agent != Some(a) => {
+            return Plain::Answer(Err(StoreError::Conflict("not_assigned")));
+        }
+        _ => {}
+    }
+    if let Some((seq, at)) = read.earlier {
+        return Plain::Answer(Ok(Appended {
+            seq,
+            at: Timestamp(at),
+            duplicate: true,
+        }));
+    }
+    if read.status == ConversationStatus::Ended.as_str() {
+        return Plain::Answer(Err(StoreError::Conflict("conversation_ended")));
+    }
+    // On SQLite this transaction's own earlier inserts count: two messages to one chat in a
+    // batch get consecutive numbers.
+    Plain::Insert(read.last_seq + 1)
+}
+
 /// A plain message (or a system event with no state change): one read that checks the chat and
 /// finds an earlier copy of the message, one insert. Refusals come back as `Ok(Err(..))` before
 /// anything is written; a failed insert is a database failure and fails the batch (on SQLite a
@@ -1126,33 +1188,21 @@ async fn append_message(
     let Some(row) = row else {
         return Ok(Err(StoreError::NotFound));
     };
-    let visitor: VisitorId = id(&row, "visitor_id")?;
-    let agent: Option<UserId> = opt_id(&row, "agent_id")?;
-    // Who writes is checked first: a stranger learns nothing, not even of an earlier copy.
-    match r.transition {
-        Transition::Message {
-            from: MessageFrom::Visitor(v),
-        } if v != visitor => return Ok(Err(StoreError::NotFound)),
-        Transition::Message {
-            from: MessageFrom::Agent(a),
-        } if agent != Some(a) => return Ok(Err(StoreError::Conflict("not_assigned"))),
-        _ => {}
-    }
-    if let Some(seq) = row.try_get::<Option<i64>, _>("dup_seq").map_err(db)? {
-        let at: i64 = row.try_get("dup_at").map_err(db)?;
-        return Ok(Ok(Appended {
-            seq,
-            at: Timestamp(at),
-            duplicate: true,
-        }));
-    }
-    let status: String = row.try_get("status").map_err(db)?;
-    if status == ConversationStatus::Ended.as_str() {
-        return Ok(Err(StoreError::Conflict("conversation_ended")));
-    }
-    // On SQLite this transaction's own earlier inserts count: two messages to one chat in a
-    // batch get consecutive numbers.
-    let seq = row.try_get::<i64, _>("last_seq").map_err(db)? + 1;
+    let earlier = match row.try_get::<Option<i64>, _>("dup_seq").map_err(db)? {
+        Some(seq) => Some((seq, row.try_get("dup_at").map_err(db)?)),
+        None => None,
+    };
+    let read = PlainRead {
+        status: row.try_get("status").map_err(db)?,
+        visitor: id(&row, "visitor_id")?,
+        agent: opt_id(&row, "agent_id")?,
+        last_seq: row.try_get("last_seq").map_err(db)?,
+        earlier,
+    };
+    let seq = match decide_plain(&read, r) {
+        Plain::Answer(a) => return Ok(a),
+        Plain::Insert(seq) => seq,
+    };
     let body_ct = r.body.as_ref().map(|seal| seal(seq));
     insert_event(tx, tenant, cid, seq, &r.event, body_ct).await?;
     if postgres {

@@ -7,9 +7,11 @@
 //! one place where SQLite keeps less: it has no `conversations.last_seq` counter (migration 4), a
 //! chat's log is its counter there.
 
+#[macro_use]
 mod chat;
 mod migrations;
 mod sql;
+mod sqlite_writer;
 
 pub use migrations::{MIGRATIONS, Migration};
 pub use sql::{Backend, SqlStore};

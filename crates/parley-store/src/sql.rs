@@ -46,7 +46,7 @@ impl Backend {
 /// Per-connection SQLite settings: write-ahead log for concurrent readers, a full fsync on every
 /// commit (nothing acknowledged is lost), foreign keys enforced, and a wait instead of an instant
 /// "database is locked" when another process (e.g. `parley tenant create`) holds the write lock.
-const SQLITE_PRAGMAS: &[&str] = &[
+pub(crate) const SQLITE_PRAGMAS: &[&str] = &[
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = FULL",
     "PRAGMA foreign_keys = ON",
@@ -359,7 +359,21 @@ impl SqlStore {
             appender: tokio::sync::mpsc::channel(1).0,
             writer: writer.clone(),
         };
-        let task = tokio::spawn(crate::chat::append_writer(writer_store, requests));
+        // SQLite's writer thread opens the same file (see `sqlite_writer`).
+        let sqlite_file = match backend {
+            Backend::Sqlite => Some(
+                <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)
+                    .map_err(|e| StoreError::Backend(format!("cannot open the database: {e}")))?
+                    .get_filename()
+                    .to_owned(),
+            ),
+            Backend::Postgres => None,
+        };
+        let task = tokio::spawn(crate::chat::append_writer(
+            writer_store,
+            requests,
+            sqlite_file,
+        ));
         *lock(&writer.task) = Some(task);
         Ok(store)
     }

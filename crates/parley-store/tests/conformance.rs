@@ -1632,7 +1632,9 @@ mod scenarios {
 
     pub async fn steady_writes_keep_the_log_small(store: SqlStore, wal: std::path::PathBuf) {
         const WRITERS: usize = 48;
-        const EACH: usize = 200;
+        // Enough for several checkpoint ticks (250 ms) even on a fast writer: 200 each took 0.9 s
+        // once the writer had a thread of its own, and the log sometimes started over only once.
+        const EACH: usize = 600;
         let c = chat_setup(&store, "acme", 1, 2).await;
         let mut convs = vec![];
         for _ in 0..8 {

@@ -144,6 +144,87 @@ async fn sqlite_upgrade_counts_from_the_log() {
     store.close().await;
 }
 
+/// SQLite only: a database failure in a batch of plain messages (on the writer's thread) fails
+/// that batch alone. Every writer in it is told, nothing of it is stored, and the writes after it
+/// land as if nothing had happened. The failure is a trigger that refuses one event.
+#[tokio::test]
+async fn sqlite_failed_plain_batch_is_told_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = SqlStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let (tenant, conv) = scenarios::chat_with_messages(&store, 1).await;
+    let visitor = store
+        .conversation(tenant, conv)
+        .await
+        .unwrap()
+        .unwrap()
+        .visitor;
+    let mut raw = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_boom BEFORE INSERT ON conversation_events \
+         WHEN NEW.data = '{\"boom\":true}' BEGIN SELECT RAISE(ABORT, 'boom'); END",
+    )
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    let before: std::collections::HashSet<String> = store
+        .events(tenant, conv, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.client_msg_id.clone())
+        .collect();
+    // Queued together, most or all of them share the refused event's batch.
+    let mut tasks = vec![];
+    for i in 0..40 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let e = NewEvent {
+                kind: parley_core::conversation::EventKind::Message,
+                author: "visitor".into(),
+                client_msg_id: Some(format!("m{i}")),
+                data: if i == 20 { r#"{"boom":true}"# } else { "{}" }.into(),
+                at: Timestamp(30),
+            };
+            let from = MessageFrom::Visitor(visitor);
+            let r = s
+                .append_event(tenant, conv, &e, None, &Transition::Message { from })
+                .await;
+            (format!("m{i}"), r)
+        }));
+    }
+    let mut landed = before;
+    let mut failed = vec![];
+    for t in tasks {
+        match t.await.unwrap() {
+            (id, Ok(a)) => {
+                assert!(!a.duplicate);
+                landed.insert(id);
+            }
+            (id, Err(StoreError::Backend(_))) => failed.push(id),
+            (id, Err(e)) => panic!("{id}: {e:?}"),
+        }
+    }
+    assert!(
+        failed.contains(&"m20".to_owned()),
+        "the refused event's writer is told"
+    );
+    let events = store.events(tenant, conv, 0, 100).await.unwrap();
+    let stored: std::collections::HashSet<String> = events
+        .iter()
+        .filter_map(|e| e.client_msg_id.clone())
+        .collect();
+    assert_eq!(stored, landed, "exactly what was acknowledged is stored");
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "gapless");
+    // The writer goes on: the next message follows the log.
+    let next = scenarios::one_more_message(&store, tenant, conv, visitor).await;
+    assert_eq!(next, seqs.len() as i64 + 1);
+    raw.close().await.unwrap();
+    store.close().await;
+}
+
 fn event(tenant: TenantId, action: &'static str) -> AuditEvent {
     AuditEvent {
         id: AuditEventId::from_uuid(uid()),

@@ -350,8 +350,8 @@ impl ChatStore for SqlStore {
         let rows = match department {
             Some(d) => sqlx::query(&format!(
                 "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND status = $2 AND department_id = $3 ORDER BY queued_at, id",
-            cols = conversation_columns(self.backend)
-        ))
+                cols = conversation_columns(self.backend)
+            ))
             .bind(tenant.to_string())
             .bind(status.as_str())
             .bind(d.to_string())
@@ -359,8 +359,8 @@ impl ChatStore for SqlStore {
             .await,
             None => sqlx::query(&format!(
                 "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND status = $2 ORDER BY queued_at, id",
-            cols = conversation_columns(self.backend)
-        ))
+                cols = conversation_columns(self.backend)
+            ))
             .bind(tenant.to_string())
             .bind(status.as_str())
             .fetch_all(&self.pool)
@@ -823,6 +823,19 @@ pub(crate) enum Write {
     Touch(TouchRequest),
 }
 
+impl Write {
+    /// A plain message (or a system event with no state change) or a heartbeat: one read and at
+    /// most one write, nothing to undo when it is refused.
+    pub(crate) fn is_plain(&self) -> bool {
+        match self {
+            Write::Append(r) => {
+                matches!(r.transition, Transition::None | Transition::Message { .. })
+            }
+            Write::Touch(_) => true,
+        }
+    }
+}
+
 pub(crate) struct AppendRequest {
     pub(crate) tenant: TenantId,
     pub(crate) conversation: ConversationId,
@@ -1065,7 +1078,7 @@ async fn commit_batch(
     let mut tx = conn.begin_with(backend.begin_write()).await.map_err(db)?;
     let mut done = Vec::with_capacity(batch.len());
     for w in batch {
-        let slow = matches!(w, Write::Append(r) if !matches!(r.transition, Transition::None | Transition::Message { .. }));
+        let slow = !w.is_plain();
         let savepoint = slow || postgres;
         if savepoint {
             sqlx::query("SAVEPOINT write")

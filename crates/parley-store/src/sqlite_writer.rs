@@ -15,7 +15,7 @@
 use crate::chat::{AppendRequest, Done, Plain, PlainRead, TouchRequest, Write, decide_plain};
 use crate::sql::corrupt;
 use parley_core::conversation::VisitorConnection;
-use parley_core::store::{Appended, StoreError, StoreResult, Transition};
+use parley_core::store::{Appended, StoreError, StoreResult};
 use std::path::PathBuf;
 use tokio::sync::oneshot;
 
@@ -27,10 +27,7 @@ type Job = (
 
 /// Whether a batch can run here: plain messages and heartbeats only.
 pub(crate) fn takes(batch: &[Write]) -> bool {
-    batch.iter().all(|w| match w {
-        Write::Append(r) => matches!(r.transition, Transition::None | Transition::Message { .. }),
-        Write::Touch(_) => true,
-    })
+    batch.iter().all(Write::is_plain)
 }
 
 /// The thread and its connection, started with the first batch it gets.
@@ -102,11 +99,8 @@ fn run(path: PathBuf, jobs: std::sync::mpsc::Receiver<Job>) {
         let outcome = match conn.take().map_or_else(|| open(&path), Ok) {
             Ok(c) => {
                 let outcome = commit_batch(&c, &batch);
-                if outcome.is_err() && !c.is_autocommit() {
-                    // Nothing of a failed batch stays.
-                    let _ = c.execute_batch("ROLLBACK");
-                }
-                // After a failure the next batch opens the connection afresh.
+                // After a failure the connection is closed, which rolls back what the batch
+                // wrote, and the next batch opens a fresh one.
                 if outcome.is_ok() {
                     conn = Some(c);
                 }

@@ -15,15 +15,21 @@ fn uid() -> uuid::Uuid {
     uuid::Uuid::now_v7()
 }
 
+/// A migrated SQLite store in `dir` (`t.db`), and its URL.
+async fn sqlite_store(dir: &std::path::Path) -> (String, SqlStore) {
+    let url = format!("sqlite://{}", dir.join("t.db").display());
+    let store = SqlStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    (url, store)
+}
+
 async fn with_sqlite<F, Fut>(f: F)
 where
     F: FnOnce(SqlStore) -> Fut,
     Fut: Future<Output = ()>,
 {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let store = SqlStore::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
+    let (_, store) = sqlite_store(dir.path()).await;
     f(store.clone()).await;
     store.close().await;
 }
@@ -95,12 +101,9 @@ scenario!(closing_finishes_queued_writes_then_refuses);
 #[tokio::test]
 async fn sqlite_log_starts_over_under_steady_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("t.db");
-    let store = SqlStore::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    scenarios::steady_writes_keep_the_log_small(store.clone(), db.with_extension("db-wal")).await;
+    let (_, store) = sqlite_store(dir.path()).await;
+    let wal = dir.path().join("t.db-wal");
+    scenarios::steady_writes_keep_the_log_small(store.clone(), wal).await;
     store.close().await;
 }
 
@@ -110,9 +113,7 @@ async fn sqlite_log_starts_over_under_steady_writes() {
 #[tokio::test]
 async fn sqlite_upgrade_counts_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let store = SqlStore::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
+    let (url, store) = sqlite_store(dir.path()).await;
     let (tenant, conv) = scenarios::chat_with_messages(&store, 2).await;
     store.close().await;
     // Put the database back as migration 3 left it: the counter there, and right.
@@ -150,9 +151,7 @@ async fn sqlite_upgrade_counts_from_the_log() {
 #[tokio::test]
 async fn sqlite_failed_plain_batch_is_told_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let store = SqlStore::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
+    let (url, store) = sqlite_store(dir.path()).await;
     let (tenant, conv) = scenarios::chat_with_messages(&store, 1).await;
     let visitor = store
         .conversation(tenant, conv)

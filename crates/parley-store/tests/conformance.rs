@@ -1712,7 +1712,7 @@ mod scenarios {
 
     pub async fn steady_writes_keep_the_log_small(store: SqlStore, wal: std::path::PathBuf) {
         const WRITERS: usize = 48;
-        // Enough for several checkpoint ticks (250 ms) even on a fast writer: 200 each took 0.9 s
+        // Enough for several checkpoint ticks (100 ms) even on a fast writer: 200 each took 0.9 s
         // once the writer had a thread of its own, and the log sometimes started over only once.
         const EACH: usize = 600;
         let c = chat_setup(&store, "acme", 1, 2).await;

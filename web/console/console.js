@@ -2,7 +2,7 @@
 // messages. Live updates come over one WebSocket; every action goes through the REST API.
 
 import { api } from './api.js';
-import { el, signIn, signOut, ROLE_NAMES } from './ui.js';
+import { clientMsgId, el, signIn, signOut, ROLE_NAMES } from './ui.js';
 
 const root = document.getElementById('root');
 let session = null;
@@ -214,7 +214,7 @@ async function openChat(id, readOnly = false) {
       if (!body) return;
       input.value = '';
       typingSent = false;
-      const clientId = crypto.randomUUID();
+      const clientId = clientMsgId();
       const node = el('div', { class: 'msg mine' }, body, el('span', { class: 'meta' }, 'Sending…'));
       current.pending.set(clientId, node);
       log.append(node);

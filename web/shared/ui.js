@@ -2,6 +2,13 @@
 
 import { api, setCsrf } from './api.js';
 
+// A fresh client_msg_id: the time in milliseconds (12 hex digits) first, then a random UUID.
+// Ids that sort by time are stored next to each other, so a busy server writes fewer pages per
+// message (docs/PROTOCOL.md); the random part keeps them unique.
+export function clientMsgId() {
+  return Date.now().toString(16).padStart(12, '0') + '-' + crypto.randomUUID();
+}
+
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {

@@ -4,7 +4,7 @@
 // its seq), or failed with a retry. After any reconnect it resumes from the last seq it applied
 // and re-sends unacknowledged messages with the same client id, so nothing is lost or doubled.
 
-import { el } from './ui.js';
+import { clientMsgId, el } from './ui.js';
 
 const app = document.getElementById('app');
 const site = new URLSearchParams(location.search).get('site') || '';
@@ -203,7 +203,7 @@ function sendFrame(frame) {
   if (ws && wsReady) ws.send(JSON.stringify(frame));
 }
 
-function sendMessage(body, id = crypto.randomUUID()) {
+function sendMessage(body, id = clientMsgId()) {
   let entry = pending.get(id);
   if (!entry) {
     const node = el('div', { class: 'msg mine', 'data-client-id': id }, body, el('span', { class: 'meta' }, 'Sending…'));

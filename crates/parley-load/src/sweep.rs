@@ -237,7 +237,7 @@ async fn parley_pairs(
                 if n % answer_every == answer_every - 1
                     && let Some(tx) = lock(&slot).as_ref()
                 {
-                    let id = format!("a{}-{n}", conv);
+                    let id = format!("a{n:010}-{conv}");
                     lock(&shared2).sent.insert(id.clone(), Instant::now());
                     let frame = json!({ "type": "send", "conversation_id": conv, "client_msg_id": id, "body": "an answer" });
                     let _ = tx.send(Message::text(frame.to_string()));
@@ -489,7 +489,7 @@ async fn open_loop_step(
             send(
                 shared,
                 &pairs[(sent as usize) % pairs.len()],
-                format!("s{step}-{sent}"),
+                format!("s{step}-{sent:010}"),
                 sent,
             );
             sent += 1;
@@ -654,7 +654,7 @@ pub async fn saturation(args: SaturationArgs) -> Result<(), String> {
             tokio::time::sleep(gap * i as u32 / count as u32).await;
             while Instant::now() < end {
                 let t0 = tokio::time::Instant::now();
-                send(&shared, &pair, format!("c{i}-{n}"), n);
+                send(&shared, &pair, format!("c{n:010}-{i}"), n);
                 n += 1;
                 if tokio::time::timeout(Duration::from_secs(10), acks.recv())
                     .await

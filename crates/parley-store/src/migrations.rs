@@ -33,6 +33,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0004_log_is_the_counter.sql"),
         postgres: include_str!("../migrations/postgres/0004_log_is_the_counter.sql"),
     },
+    Migration {
+        version: 5,
+        name: "client_id_first",
+        sqlite: include_str!("../migrations/sqlite/0005_client_id_first.sql"),
+        postgres: include_str!("../migrations/postgres/0005_client_id_first.sql"),
+    },
 ];
 
 pub fn latest_version() -> i64 {

@@ -121,7 +121,7 @@ async fn sqlite_upgrade_counts_from_the_log() {
     for sql in [
         "ALTER TABLE conversations ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0",
         "UPDATE conversations SET last_seq = 3",
-        "DELETE FROM parley_migrations WHERE version = 4",
+        "DELETE FROM parley_migrations WHERE version >= 4",
     ] {
         sqlx::query(sql).execute(&mut raw).await.unwrap();
     }
@@ -129,7 +129,7 @@ async fn sqlite_upgrade_counts_from_the_log() {
 
     let store = SqlStore::connect(&url).await.unwrap();
     assert!(!store.ready().await.unwrap(), "migration 4 is pending");
-    assert_eq!(store.migrate().await.unwrap(), vec![4]);
+    assert_eq!(store.migrate().await.unwrap(), vec![4, 5]);
     let rec = store.conversation(tenant, conv).await.unwrap().unwrap();
     assert_eq!(rec.last_seq, 3, "started and two messages");
     let next = scenarios::one_more_message(&store, tenant, conv, rec.visitor).await;
@@ -142,6 +142,56 @@ async fn sqlite_upgrade_counts_from_the_log() {
         .map(|e| e.seq)
         .collect();
     assert_eq!(seqs, [1, 2, 3, 4]);
+    store.close().await;
+}
+
+/// SQLite only: migration 5 copies the log into a table keyed by `client_msg_id` first and loses
+/// nothing: every event stays, the index leads with the client's id, and a resend of a stored
+/// message is still answered as a duplicate with its seq.
+#[tokio::test]
+async fn sqlite_client_id_first_keeps_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, store) = sqlite_store(dir.path()).await;
+    let (tenant, conv) = scenarios::chat_with_messages(&store, 3).await;
+    let before = store.events(tenant, conv, 0, 100).await.unwrap();
+    let resend = before
+        .iter()
+        .find_map(|e| e.client_msg_id.clone().map(|id| (id, e.seq)))
+        .unwrap();
+    store.close().await;
+    let mut raw = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("DELETE FROM parley_migrations WHERE version = 5")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    raw.close().await.unwrap();
+
+    let store = SqlStore::connect(&url).await.unwrap();
+    assert_eq!(store.migrate().await.unwrap(), vec![5]);
+    let after = store.events(tenant, conv, 0, 100).await.unwrap();
+    let shape = |e: &[EventRecord]| {
+        e.iter()
+            .map(|e| (e.seq, e.client_msg_id.clone(), e.body_ct.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shape(&after), shape(&before));
+    let first: String = sqlx::query_scalar(
+        "SELECT i.name FROM pragma_index_list('conversation_events') l, \
+         pragma_index_info(l.name) i WHERE l.\"unique\" = 1 AND l.origin = 'u' AND i.seqno = 0",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(first, "client_msg_id");
+    let visitor = store
+        .conversation(tenant, conv)
+        .await
+        .unwrap()
+        .unwrap()
+        .visitor;
+    let again = scenarios::resend(&store, tenant, conv, visitor, &resend.0).await;
+    assert!(again.duplicate);
+    assert_eq!(again.seq, resend.1);
     store.close().await;
 }
 
@@ -1686,6 +1736,27 @@ mod scenarios {
             one_more_message(store, c.tenant, conv, visitor).await;
         }
         (c.tenant, conv)
+    }
+
+    /// Append a visitor message under an earlier message's `client_msg_id`.
+    pub async fn resend(
+        store: &SqlStore,
+        tenant: TenantId,
+        conv: ConversationId,
+        visitor: VisitorId,
+        id: &str,
+    ) -> Appended {
+        let from = MessageFrom::Visitor(visitor);
+        store
+            .append_event(
+                tenant,
+                conv,
+                &new_event(EventKind::Message, Some(id)),
+                None,
+                &Transition::Message { from },
+            )
+            .await
+            .unwrap()
     }
 
     /// Append one visitor message; its sequence number.

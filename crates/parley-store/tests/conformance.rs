@@ -189,7 +189,7 @@ async fn sqlite_client_id_first_keeps_the_log() {
         .unwrap()
         .unwrap()
         .visitor;
-    let again = scenarios::resend(&store, tenant, conv, visitor, &resend.0).await;
+    let again = scenarios::message_with_id(&store, tenant, conv, visitor, &resend.0).await;
     assert!(again.duplicate);
     assert_eq!(again.seq, resend.1);
     store.close().await;
@@ -1738,8 +1738,8 @@ mod scenarios {
         (c.tenant, conv)
     }
 
-    /// Append a visitor message under an earlier message's `client_msg_id`.
-    pub async fn resend(
+    /// Append a visitor message under `id` (a fresh one, or an earlier message's to resend it).
+    pub async fn message_with_id(
         store: &SqlStore,
         tenant: TenantId,
         conv: ConversationId,
@@ -1767,18 +1767,7 @@ mod scenarios {
         visitor: VisitorId,
     ) -> i64 {
         let id = uid().simple().to_string();
-        let from = MessageFrom::Visitor(visitor);
-        store
-            .append_event(
-                tenant,
-                conv,
-                &new_event(EventKind::Message, Some(&id)),
-                None,
-                &Transition::Message { from },
-            )
-            .await
-            .unwrap()
-            .seq
+        message_with_id(store, tenant, conv, visitor, &id).await.seq
     }
 
     pub async fn steady_writes_keep_the_log_small(store: SqlStore, wal: std::path::PathBuf) {

@@ -41,10 +41,6 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-pub fn latest_version() -> i64 {
-    MIGRATIONS.last().map(|m| m.version).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! The one `Store` implementation, over sqlx's `Any` pool (SQLite or PostgreSQL).
 
-use crate::migrations::{MIGRATIONS, latest_version};
+use crate::migrations::MIGRATIONS;
 use parley_core::audit::{AuditEvent, AuditRecord};
 use parley_core::store::{
     DepartmentRecord, PasswordChange, SessionRecord, Store, StoreError, StoreResult,
@@ -505,11 +505,20 @@ impl Store for SqlStore {
     }
 
     async fn ready(&self) -> StoreResult<bool> {
-        let row = sqlx::query("SELECT MAX(version) AS v FROM parley_migrations")
-            .fetch_one(&self.pool)
+        // Ready when exactly the migrations this build knows are applied: none missing (a gap
+        // left by a failed or hand-edited upgrade), none newer (a schema from a later build).
+        let rows = sqlx::query("SELECT version FROM parley_migrations ORDER BY version")
+            .fetch_all(&self.pool)
             .await;
-        match row {
-            Ok(r) => Ok(r.try_get::<Option<i64>, _>("v").map_err(db)? == Some(latest_version())),
+        match rows {
+            Ok(rows) => {
+                let applied = rows
+                    .iter()
+                    .map(|r| r.try_get::<i64, _>("version"))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db)?;
+                Ok(applied.into_iter().eq(MIGRATIONS.iter().map(|m| m.version)))
+            }
             // No migrations table yet: reachable, not ready.
             Err(sqlx::Error::Database(_)) => Ok(false),
             Err(e) => Err(db(e)),

@@ -107,6 +107,40 @@ async fn sqlite_log_starts_over_under_steady_writes() {
     store.close().await;
 }
 
+/// Ready means exactly this build's migrations are applied: a gap in them (a hand-edited or
+/// half-restored table) or a version from a later build is not ready, though the latest version
+/// is there in both cases.
+#[tokio::test]
+async fn sqlite_ready_needs_every_migration_and_no_newer_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, store) = sqlite_store(dir.path()).await;
+    assert!(store.ready().await.unwrap());
+    store.close().await;
+    let mut raw = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let ready_after = async |raw: &mut sqlx::SqliteConnection, sql: &str| {
+        sqlx::query(sql).execute(&mut *raw).await.unwrap();
+        let store = SqlStore::connect(&url).await.unwrap();
+        let ready = store.ready().await.unwrap();
+        store.close().await;
+        ready
+    };
+    let gap = ready_after(&mut raw, "DELETE FROM parley_migrations WHERE version = 2").await;
+    assert!(!gap, "migration 2 is missing");
+    let restored = ready_after(
+        &mut raw,
+        "INSERT INTO parley_migrations (version, name, applied_at) VALUES (2, 'restored', 0)",
+    )
+    .await;
+    assert!(restored, "every migration is there again");
+    let newer = ready_after(
+        &mut raw,
+        "INSERT INTO parley_migrations (version, name, applied_at) VALUES (9999, 'later_build', 0)",
+    )
+    .await;
+    assert!(!newer, "a schema from a later build");
+    raw.close().await.unwrap();
+}
+
 /// SQLite only: migration 4 drops the chats' `last_seq` counter (the log is the counter there).
 /// A database from before it, with chats in it, upgrades in place and every chat goes on from
 /// its last event.

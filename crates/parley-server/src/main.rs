@@ -158,8 +158,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     };
     let config = Config::load(&cli.overrides, listen, public_url).map_err(|e| e.to_string())?;
     telemetry::init(config.log_format);
-    let create = matches!(cli.command, Command::Serve { .. } | Command::Migrate);
-    let (app, store) = startup::open_app(&config, create)
+    let purpose = match cli.command {
+        Command::Serve { .. } => startup::Purpose::Serve,
+        Command::Migrate => startup::Purpose::Migrate,
+        _ => startup::Purpose::Verb,
+    };
+    let (app, store) = startup::open_app(&config, purpose)
         .await
         .map_err(|e| e.to_string())?;
     let result = match cli.command {

@@ -3,19 +3,32 @@
 use crate::config::Config;
 use parley_app::{App, KeyService, SystemClock};
 use parley_core::store::Store;
-use parley_store::SqlStore;
+use parley_store::{SqlOptions, SqlStore};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct StartupError(pub String);
 
-/// Open (and on first start create) everything `App` needs. With `create_missing`, a missing data
-/// directory and master key file are created; verbs other than `serve` and `migrate` expect them.
+/// What a process opens the installation for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `serve`: creates what is missing; on SQLite it is the one process that serves the
+    /// database (a second one is refused).
+    Serve,
+    /// `migrate`: creates what is missing.
+    Migrate,
+    /// Every other verb: expects the installation to exist and runs beside a server.
+    Verb,
+}
+
+/// Open (and on first start create) everything `App` needs. `serve` and `migrate` create a
+/// missing data directory and master key file; the other verbs expect them.
 pub async fn open_app(
     config: &Config,
-    create_missing: bool,
+    purpose: Purpose,
 ) -> Result<(App, Arc<SqlStore>), StartupError> {
+    let create_missing = purpose != Purpose::Verb;
     if (config.uses_sqlite() || config.master_key_file.starts_with(&config.data_dir))
         && !config.data_dir.exists()
     {
@@ -37,10 +50,17 @@ pub async fn open_app(
             "created a new master key file (mode 0600): back it up apart from the database; without it no encrypted data can be read"
         );
     }
-    let store =
-        Arc::new(SqlStore::connect(&config.database_url).await.map_err(|e| {
-            StartupError(format!("{e}. Check PARLEY_DATABASE_URL / --database-url"))
-        })?);
+    let options = SqlOptions {
+        serving: purpose == Purpose::Serve,
+        ..SqlOptions::default()
+    };
+    let store = Arc::new(
+        SqlStore::connect_with(&config.database_url, options)
+            .await
+            .map_err(|e| {
+                StartupError(format!("{e}. Check PARLEY_DATABASE_URL / --database-url"))
+            })?,
+    );
     let applied = store
         .migrate()
         .await

@@ -4,6 +4,7 @@
 
 use crate::SqlStore;
 use crate::sql::{Backend, Tx, append_audit_tx, corrupt, db, db_write, flag, id};
+use crate::sqlite_arrivals::{Arrivals, Pending};
 use parley_core::audit::AuditEvent;
 use parley_core::conversation::{
     AgentStatus, ConnectionPeriods, ConversationStatus, EventKind, VisitorConnection,
@@ -47,6 +48,22 @@ macro_rules! sqlite_last_seq {
     () => {
         "(SELECT COALESCE(MAX(log.seq), 0) FROM conversation_events log \
          WHERE log.tenant_id = c.tenant_id AND log.conversation_id = c.id)"
+    };
+}
+
+/// SQLite: the rest of the read of a chat `c` (`$1`, `$2`) that finds an earlier copy of the
+/// message with client id `$3` as `dup_seq` and `dup_at`, in the chat's log or in the arrivals file
+/// (see `sqlite_arrivals`), where a row merged but not yet emptied away is the same copy.
+macro_rules! sqlite_earlier_copy {
+    () => {
+        "COALESCE(e.seq, a0.seq, a1.seq) AS dup_seq, COALESCE(e.at, a0.at, a1.at) AS dup_at \
+         FROM main.conversations c LEFT JOIN main.conversation_events e \
+         ON e.client_msg_id = $3 AND e.tenant_id = c.tenant_id AND e.conversation_id = c.id \
+         LEFT JOIN arrivals.events_0 a0 \
+         ON a0.client_msg_id = $3 AND a0.tenant_id = c.tenant_id AND a0.conversation_id = c.id \
+         LEFT JOIN arrivals.events_1 a1 \
+         ON a1.client_msg_id = $3 AND a1.tenant_id = c.tenant_id AND a1.conversation_id = c.id \
+         WHERE c.tenant_id = $1 AND c.id = $2"
     };
 }
 
@@ -103,6 +120,15 @@ fn conversation_row(r: &AnyRow) -> StoreResult<ConversationRecord> {
         .ok_or_else(|| corrupt("visitor_state"))?,
         visitor_seen_at: Timestamp(r.try_get("visitor_seen_at").map_err(db)?),
     })
+}
+
+/// `conversation_row`, counting on SQLite what the arrivals file holds (taken before the read).
+fn conversation_row_with(r: &AnyRow, pending: Option<&Pending>) -> StoreResult<ConversationRecord> {
+    let mut rec = conversation_row(r)?;
+    if let Some(p) = pending {
+        p.apply(&mut rec);
+    }
+    Ok(rec)
 }
 
 fn event_row(r: &AnyRow) -> StoreResult<EventRecord> {
@@ -307,6 +333,7 @@ impl ChatStore for SqlStore {
         tenant: TenantId,
         cid: ConversationId,
     ) -> StoreResult<Option<ConversationRecord>> {
+        let pending = self.arrivals.as_ref().map(|a| a.pending_of(tenant, cid));
         sqlx::query(&format!(
             "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND id = $2",
             cols = conversation_columns(self.backend)
@@ -317,7 +344,7 @@ impl ChatStore for SqlStore {
         .await
         .map_err(db)?
         .as_ref()
-        .map(conversation_row)
+        .map(|r| conversation_row_with(r, pending.as_ref()))
         .transpose()
     }
 
@@ -326,6 +353,7 @@ impl ChatStore for SqlStore {
         tenant: TenantId,
         visitor: parley_core::VisitorId,
     ) -> StoreResult<Option<ConversationRecord>> {
+        let pending = self.pending();
         sqlx::query(&format!(
             "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND visitor_id = $2 AND status <> 'ended' \
              ORDER BY created_at DESC LIMIT 1",
@@ -337,7 +365,7 @@ impl ChatStore for SqlStore {
         .await
         .map_err(db)?
         .as_ref()
-        .map(conversation_row)
+        .map(|r| conversation_row_with(r, pending.as_ref()))
         .transpose()
     }
 
@@ -347,6 +375,7 @@ impl ChatStore for SqlStore {
         status: ConversationStatus,
         department: Option<DepartmentId>,
     ) -> StoreResult<Vec<ConversationRecord>> {
+        let pending = self.pending();
         let rows = match department {
             Some(d) => sqlx::query(&format!(
                 "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND status = $2 AND department_id = $3 ORDER BY queued_at, id",
@@ -367,7 +396,9 @@ impl ChatStore for SqlStore {
             .await,
         }
         .map_err(db)?;
-        rows.iter().map(conversation_row).collect()
+        rows.iter()
+            .map(|r| conversation_row_with(r, pending.as_ref()))
+            .collect()
     }
 
     async fn conversations_of_agent(
@@ -375,6 +406,7 @@ impl ChatStore for SqlStore {
         tenant: TenantId,
         agent: UserId,
     ) -> StoreResult<Vec<ConversationRecord>> {
+        let pending = self.pending();
         sqlx::query(&format!(
             "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND agent_id = $2 AND status = 'assigned' ORDER BY queued_at, id",
             cols = conversation_columns(self.backend)
@@ -385,7 +417,7 @@ impl ChatStore for SqlStore {
         .await
         .map_err(db)?
         .iter()
-        .map(conversation_row)
+        .map(|r| conversation_row_with(r, pending.as_ref()))
         .collect()
     }
 
@@ -396,6 +428,7 @@ impl ChatStore for SqlStore {
         before: Timestamp,
         limit: i64,
     ) -> StoreResult<Vec<ConversationRecord>> {
+        let pending = self.pending();
         let filter = match departments {
             Some([]) => return Ok(vec![]),
             Some(d) => format!("AND department_id IN ({})", placeholders(4, d.len())),
@@ -417,7 +450,7 @@ impl ChatStore for SqlStore {
             .await
             .map_err(db)?
             .iter()
-            .map(conversation_row)
+            .map(|r| conversation_row_with(r, pending.as_ref()))
             .collect()
     }
 
@@ -450,20 +483,31 @@ impl ChatStore for SqlStore {
         after_seq: i64,
         limit: i64,
     ) -> StoreResult<Vec<EventRecord>> {
-        sqlx::query(
-            "SELECT conversation_id, seq, kind, at, author, client_msg_id, body_ct, data FROM conversation_events \
-             WHERE tenant_id = $1 AND conversation_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
-        )
-        .bind(tenant.to_string())
-        .bind(cid.to_string())
-        .bind(after_seq)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(event_row)
-        .collect()
+        let mut events = self.read_events(tenant, cid, after_seq, limit).await?;
+        if self.arrivals.is_none() {
+            return Ok(events);
+        }
+        // SQLite: a chat's log is gapless, but a read can catch a row of the arrivals file
+        // committed after its snapshot of that file, with a later event of the same chat that
+        // went straight into the main file (a state change) before its snapshot of the main
+        // file. Read again; should the gap still be there, give the whole part before it, and
+        // the reader asks again from its end.
+        let first = after_seq.max(0).saturating_add(1);
+        let whole = |events: &[EventRecord]| {
+            events
+                .iter()
+                .zip(first..)
+                .take_while(|(e, seq)| e.seq == *seq)
+                .count()
+        };
+        for _ in 0..GAP_READS {
+            if whole(&events) == events.len() {
+                return Ok(events);
+            }
+            events = self.read_events(tenant, cid, after_seq, limit).await?;
+        }
+        events.truncate(whole(&events));
+        Ok(events)
     }
 
     async fn offer(
@@ -555,30 +599,43 @@ impl ChatStore for SqlStore {
     }
 
     async fn silent_visitors(&self, now: Timestamp) -> StoreResult<Vec<SilentVisitor>> {
-        sqlx::query(
-            "SELECT c.tenant_id, c.id, c.visitor_state, c.visitor_seen_at, t.visitor_weak_after_ms, t.visitor_lost_after_ms, \
+        let pending = self.pending();
+        let rows = sqlx::query(
+            "SELECT c.tenant_id, c.id, c.visitor_id, c.visitor_state, c.visitor_seen_at, t.visitor_weak_after_ms, t.visitor_lost_after_ms, \
              t.visitor_timeout_ms FROM conversations c JOIN tenants t ON t.id = c.tenant_id \
              WHERE c.status <> 'ended' AND c.visitor_seen_at + t.visitor_weak_after_ms <= $1",
         )
         .bind(now.0)
         .fetch_all(&self.pool)
         .await
-        .map_err(db)?
-        .iter()
-        .map(|r| {
-            Ok(SilentVisitor {
-                tenant: id(r, "tenant_id")?,
-                conversation: id(r, "id")?,
-                state: VisitorConnection::parse(&r.try_get::<String, _>("visitor_state").map_err(db)?).ok_or_else(|| corrupt("visitor_state"))?,
-                seen_at: Timestamp(r.try_get("visitor_seen_at").map_err(db)?),
-                periods: ConnectionPeriods {
-                    weak_after_ms: r.try_get("visitor_weak_after_ms").map_err(db)?,
-                    lost_after_ms: r.try_get("visitor_lost_after_ms").map_err(db)?,
-                    timeout_ms: r.try_get("visitor_timeout_ms").map_err(db)?,
-                },
-            })
-        })
-        .collect()
+        .map_err(db)?;
+        let mut silent = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let (tenant, conversation) = (id(r, "tenant_id")?, id(r, "id")?);
+            let state =
+                VisitorConnection::parse(&r.try_get::<String, _>("visitor_state").map_err(db)?)
+                    .ok_or_else(|| corrupt("visitor_state"))?;
+            let mut seen_at = Timestamp(r.try_get("visitor_seen_at").map_err(db)?);
+            if let Some(p) = &pending {
+                seen_at = p.seen_at(tenant, conversation, id(r, "visitor_id")?, state, seen_at);
+            }
+            let periods = ConnectionPeriods {
+                weak_after_ms: r.try_get("visitor_weak_after_ms").map_err(db)?,
+                lost_after_ms: r.try_get("visitor_lost_after_ms").map_err(db)?,
+                timeout_ms: r.try_get("visitor_timeout_ms").map_err(db)?,
+            };
+            // A heartbeat not merged yet may show the visitor is not silent after all.
+            if seen_at.0.saturating_add(periods.weak_after_ms) <= now.0 {
+                silent.push(SilentVisitor {
+                    tenant,
+                    conversation,
+                    state,
+                    seen_at,
+                    periods,
+                });
+            }
+        }
+        Ok(silent)
     }
 
     async fn connection_periods(&self, tenant: TenantId) -> StoreResult<ConnectionPeriods> {
@@ -805,6 +862,87 @@ async fn insert_event(
 }
 
 impl SqlStore {
+    /// One read of a chat's log after `after_seq` (`ChatStore::events`).
+    async fn read_events(
+        &self,
+        tenant: TenantId,
+        cid: ConversationId,
+        after_seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<EventRecord>> {
+        macro_rules! columns {
+            () => {
+                "conversation_id, seq, kind, at, author, client_msg_id, body_ct, data"
+            };
+        }
+        // SQLite: a chat with a head past `after_seq` may have rows in the arrivals file (see
+        // `sqlite_arrivals`); one without has none there to read.
+        let head = self.arrivals.as_ref().and_then(|a| a.head(tenant, cid));
+        let rows = match head {
+            Some(head) if head > after_seq => {
+                // One read transaction over both files: the arrivals file's snapshot first, then,
+                // with the first statement that reads it, the main file's. A row of the arrivals
+                // file counts while the main file's mark says it is not merged yet, and only up
+                // to the head: a row past it has committed, but its head (and with it the chat's
+                // `last_seq`) is recorded just after the commit, and it is not acknowledged yet.
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                sqlx::query("SELECT gen FROM arrivals.state")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    columns!(),
+                    " FROM (",
+                    "SELECT ",
+                    columns!(),
+                    " FROM main.conversation_events \
+                     WHERE tenant_id = $1 AND conversation_id = $2 AND seq > $3 UNION ALL ",
+                    "SELECT ",
+                    columns!(),
+                    " FROM arrivals.events_0 \
+                     WHERE tenant_id = $1 AND conversation_id = $2 AND seq > $3 AND seq <= $5 \
+                     AND gen > (SELECT merged FROM main.arrivals_merged) UNION ALL ",
+                    "SELECT ",
+                    columns!(),
+                    " FROM arrivals.events_1 \
+                     WHERE tenant_id = $1 AND conversation_id = $2 AND seq > $3 AND seq <= $5 \
+                     AND gen > (SELECT merged FROM main.arrivals_merged)) \
+                     ORDER BY seq LIMIT $4"
+                ))
+                .bind(tenant.to_string())
+                .bind(cid.to_string())
+                .bind(after_seq)
+                .bind(limit)
+                .bind(head)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                rows
+            }
+            _ => sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM conversation_events \
+                 WHERE tenant_id = $1 AND conversation_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
+            ))
+            .bind(tenant.to_string())
+            .bind(cid.to_string())
+            .bind(after_seq)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?,
+        };
+        rows.iter().map(event_row).collect()
+    }
+
+    /// SQLite: what a read of several chats folds in (see `sqlite_arrivals`), taken before it.
+    fn pending(&self) -> Option<Pending> {
+        self.arrivals.as_ref().map(|a| a.pending())
+    }
+
     /// Queue a write for the group-commit writer and wait for its answer (sent after the commit).
     async fn write<T>(
         &self,
@@ -861,6 +999,9 @@ pub(crate) enum Done {
     Touched(StoreResult<Option<VisitorConnection>>),
 }
 
+/// How many times a read of a chat's log is tried again when it finds a gap (`events`).
+const GAP_READS: usize = 3;
+
 /// Writes waiting at once are committed together, up to this many.
 const MAX_BATCH: usize = 512;
 
@@ -882,8 +1023,13 @@ pub(crate) async fn append_writer(
     // finishes the job between batches when the log has grown (see `checkpoint_loop`).
     let sqlite = store.backend == Backend::Sqlite;
     let catch_up = Arc::new(AtomicBool::new(false));
-    let checkpointer =
-        sqlite.then(|| tokio::spawn(checkpoint_loop(store.pool.clone(), catch_up.clone())));
+    let checkpointer = sqlite.then(|| {
+        tokio::spawn(checkpoint_loop(
+            store.pool.clone(),
+            catch_up.clone(),
+            store.arrivals.clone(),
+        ))
+    });
     let mut own: Option<PoolConnection<Any>> = None;
     let mut thread: Option<crate::sqlite_writer::Thread> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -907,12 +1053,19 @@ pub(crate) async fn append_writer(
             }
         }
         // SQLite's plain batches go to a thread with its own connection (see `sqlite_writer`).
-        let outcome = match &sqlite_file {
-            Some(file) if crate::sqlite_writer::takes(&batch) => {
-                crate::sqlite_writer::commit(&mut thread, file, &mut batch).await
+        let outcome = match (&sqlite_file, &store.arrivals) {
+            (_, Some(arrivals)) if !arrivals.serving => Err(StoreError::Backend(
+                "this process does not serve the SQLite database (another one does, or it was \
+                 opened to read): chats are written through the server"
+                    .into(),
+            )),
+            (Some(file), Some(arrivals)) if crate::sqlite_writer::takes(&batch) => {
+                crate::sqlite_writer::commit(&mut thread, file, arrivals, &mut batch).await
             }
             _ => match writer_connection(&store, &mut own).await {
-                Ok(conn) => commit_batch(conn, store.backend, &batch).await,
+                Ok(conn) => {
+                    commit_batch(conn, store.backend, store.arrivals.as_deref(), &batch).await
+                }
                 Err(e) => Err(e),
             },
         };
@@ -941,7 +1094,7 @@ pub(crate) async fn append_writer(
             // Asked again after the next batch unless every page was copied back (the
             // background checkpoint may hold the checkpoint lock, or a reader a page).
             let done = match writer_connection(&store, &mut own).await {
-                Ok(conn) => checkpoint(conn).await,
+                Ok(conn) => checkpoint(conn, "main").await,
                 Err(e) => Err(e),
             };
             match done {
@@ -990,19 +1143,26 @@ pub(crate) const WRITER_CACHE: &str = "PRAGMA cache_size = -32768";
 /// A log of this many pages (about 4 MiB) or more is finished off by the writer between batches.
 const CATCH_UP_FRAMES: i64 = 1000;
 
-/// Checkpoint SQLite's write-ahead log every tenth of a second (passive: it copies what no reader
-/// still needs and never blocks the writer). Every quarter second was too slow once the writer had
-/// a thread of its own: the store test's log peaked at 58-61 MB against 24-27 MB now.
+/// Checkpoint SQLite's write-ahead logs every tenth of a second (passive: it copies what no reader
+/// still needs and never blocks a writer): the main file's, and the arrivals file's (see
+/// `sqlite_arrivals`). Every quarter second was too slow once the writer had a thread of its own:
+/// the store test's log peaked at 58-61 MB against 24-27 MB now.
 ///
-/// A passive checkpoint alone never lets the log start over under steady writes: the log is
-/// reset only by a write that finds every page of it copied back, and while the checkpoint
-/// copies, the writer adds more. The log then grew without bound (900 MB in a 12-second run at
-/// 6,000 messages a second), and every page read searched a larger index of it. So when the log
-/// has reached `CATCH_UP_FRAMES`, this task asks the writer to run one more passive checkpoint
+/// A passive checkpoint alone never lets a log start over under steady writes: the log is reset
+/// only by a write that finds every page of it copied back, and while the checkpoint copies, the
+/// writer adds more. The log then grew without bound (900 MB in a 12-second run at 6,000
+/// messages a second), and every page read searched a larger index of it. So when a log has
+/// reached `CATCH_UP_FRAMES`, this task asks its writer to run one more passive checkpoint
 /// itself between two batches: it copies only what was written since this one began, and once it
 /// has copied all of it (the writer asks again after every batch until then), the writer's next
-/// transaction writes the log from its start again.
-async fn checkpoint_loop(pool: sqlx::AnyPool, catch_up: Arc<AtomicBool>) {
+/// transaction writes the log from its start again. The arrivals file's writer is the writer
+/// thread (`Arrivals::catch_up`); the main file's are the merge, which checkpoints after each
+/// merge, and the batches with state changes (`catch_up`).
+async fn checkpoint_loop(
+    pool: sqlx::AnyPool,
+    catch_up: Arc<AtomicBool>,
+    arrivals: Option<Arc<Arrivals>>,
+) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
         tick.tick().await;
@@ -1013,10 +1173,19 @@ async fn checkpoint_loop(pool: sqlx::AnyPool, catch_up: Arc<AtomicBool>) {
                 continue;
             }
         };
-        match checkpoint(&mut conn).await {
+        match checkpoint(&mut conn, "main").await {
             Ok(c) if c.log >= CATCH_UP_FRAMES => catch_up.store(true, Ordering::Relaxed),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "checkpointing the write-ahead log failed"),
+        }
+        if let Some(arrivals) = &arrivals {
+            match checkpoint(&mut conn, "arrivals").await {
+                Ok(c) if c.log >= CATCH_UP_FRAMES => {
+                    arrivals.catch_up.store(true, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "checkpointing the arrivals file failed"),
+            }
         }
     }
 }
@@ -1037,9 +1206,9 @@ impl Checkpoint {
     }
 }
 
-/// One passive checkpoint.
-async fn checkpoint(conn: &mut AnyConnection) -> StoreResult<Checkpoint> {
-    let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+/// One passive checkpoint of the file attached as `schema` (`main`, or SQLite's `arrivals`).
+async fn checkpoint(conn: &mut AnyConnection, schema: &'static str) -> StoreResult<Checkpoint> {
+    let row = sqlx::query(&format!("PRAGMA {schema}.wal_checkpoint(PASSIVE)"))
         .fetch_one(conn)
         .await
         .map_err(db)?;
@@ -1073,6 +1242,7 @@ fn answer(w: Write, outcome: StoreResult<Done>) {
 async fn commit_batch(
     conn: &mut AnyConnection,
     backend: Backend,
+    arrivals: Option<&Arrivals>,
     batch: &[Write],
 ) -> StoreResult<Vec<Done>> {
     let postgres = backend == Backend::Postgres;
@@ -1088,19 +1258,12 @@ async fn commit_batch(
                 .map_err(db)?;
         }
         let result = match w {
-            Write::Append(r) if slow => Done::Appended(
-                append_in_tx(
-                    &mut tx,
-                    backend,
-                    r.tenant,
-                    r.conversation,
-                    &r.event,
-                    r.body.as_ref(),
-                    &r.transition,
-                )
-                .await,
-            ),
-            Write::Append(r) => Done::Appended(append_message(&mut tx, backend, r).await?),
+            Write::Append(r) if slow => {
+                Done::Appended(append_in_tx(&mut tx, backend, arrivals, r).await)
+            }
+            Write::Append(r) => {
+                Done::Appended(append_message(&mut tx, backend, arrivals, r).await?)
+            }
             Write::Touch(r) => Done::Touched(touch_in_tx(&mut tx, r).await),
         };
         let failed = matches!(&result, Done::Appended(Err(_)) | Done::Touched(Err(_)));
@@ -1177,28 +1340,35 @@ pub(crate) fn decide_plain(read: &PlainRead, r: &AppendRequest) -> Plain {
 async fn append_message(
     tx: &mut Tx<'_>,
     backend: Backend,
+    arrivals: Option<&Arrivals>,
     r: &AppendRequest,
 ) -> StoreResult<StoreResult<Appended>> {
     let postgres = backend == Backend::Postgres;
     let (tenant, cid) = (r.tenant, r.conversation);
     // The row lock (PostgreSQL) keeps other nodes' writers out of this chat until commit; SQLite
-    // has one writer, holding the database's write lock.
-    let (last_seq, lock) = match backend {
-        Backend::Postgres => ("c.last_seq", " FOR UPDATE OF c"),
-        Backend::Sqlite => (sqlite_last_seq!(), ""),
+    // has one writer, holding the database's write lock, and an earlier copy may be in its
+    // arrivals file.
+    let sql = match backend {
+        Backend::Postgres => {
+            "SELECT c.status, c.visitor_id, c.agent_id, c.last_seq AS last_seq, e.seq AS dup_seq, \
+             e.at AS dup_at FROM conversations c LEFT JOIN conversation_events e \
+             ON e.tenant_id = c.tenant_id AND e.conversation_id = c.id AND e.client_msg_id = $3 \
+             WHERE c.tenant_id = $1 AND c.id = $2 FOR UPDATE OF c"
+        }
+        Backend::Sqlite => concat!(
+            "SELECT c.status, c.visitor_id, c.agent_id, ",
+            sqlite_last_seq!(),
+            " AS last_seq, ",
+            sqlite_earlier_copy!()
+        ),
     };
-    let row = sqlx::query(&format!(
-        "SELECT c.status, c.visitor_id, c.agent_id, {last_seq} AS last_seq, e.seq AS dup_seq, \
-         e.at AS dup_at FROM conversations c LEFT JOIN conversation_events e \
-         ON e.tenant_id = c.tenant_id AND e.conversation_id = c.id AND e.client_msg_id = $3 \
-         WHERE c.tenant_id = $1 AND c.id = $2{lock}"
-    ))
-    .bind(tenant.to_string())
-    .bind(cid.to_string())
-    .bind(r.event.client_msg_id.clone())
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(db)?;
+    let row = sqlx::query(sql)
+        .bind(tenant.to_string())
+        .bind(cid.to_string())
+        .bind(r.event.client_msg_id.clone())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?;
     let Some(row) = row else {
         return Ok(Err(StoreError::NotFound));
     };
@@ -1206,11 +1376,14 @@ async fn append_message(
         Some(seq) => Some((seq, row.try_get("dup_at").map_err(db)?)),
         None => None,
     };
+    let logged: i64 = row.try_get("last_seq").map_err(db)?;
     let read = PlainRead {
         status: row.try_get("status").map_err(db)?,
         visitor: id(&row, "visitor_id")?,
         agent: opt_id(&row, "agent_id")?,
-        last_seq: row.try_get("last_seq").map_err(db)?,
+        last_seq: arrivals.map_or(logged, |a| {
+            a.pending_of(tenant, cid).last_seq(tenant, cid, logged)
+        }),
         earlier,
     };
     let seq = match decide_plain(&read, r) {
@@ -1279,24 +1452,37 @@ async fn touch_in_tx(tx: &mut Tx<'_>, r: &TouchRequest) -> StoreResult<Option<Vi
 async fn append_in_tx(
     tx: &mut Tx<'_>,
     backend: Backend,
-    tenant: TenantId,
-    cid: ConversationId,
-    event: &NewEvent,
-    body: Option<&Sealer>,
-    transition: &Transition,
+    arrivals: Option<&Arrivals>,
+    r: &AppendRequest,
 ) -> StoreResult<Appended> {
+    let (tenant, cid, event, body, transition) = (
+        r.tenant,
+        r.conversation,
+        &r.event,
+        r.body.as_ref(),
+        &r.transition,
+    );
     if let Some(client_id) = &event.client_msg_id {
-        let existing = sqlx::query("SELECT seq, at FROM conversation_events WHERE tenant_id = $1 AND conversation_id = $2 AND client_msg_id = $3")
-                .bind(tenant.to_string())
-                .bind(cid.to_string())
-                .bind(client_id.clone())
-                .fetch_optional(&mut **tx)
-                .await
-                .map_err(db)?;
-        if let Some(r) = existing {
+        let sql = match backend {
+            Backend::Postgres => {
+                "SELECT seq AS dup_seq, at AS dup_at FROM conversation_events \
+                 WHERE tenant_id = $1 AND conversation_id = $2 AND client_msg_id = $3"
+            }
+            Backend::Sqlite => concat!("SELECT ", sqlite_earlier_copy!()),
+        };
+        let existing = sqlx::query(sql)
+            .bind(tenant.to_string())
+            .bind(cid.to_string())
+            .bind(client_id.clone())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db)?;
+        if let Some(r) = existing
+            && let Some(seq) = r.try_get::<Option<i64>, _>("dup_seq").map_err(db)?
+        {
             return Ok(Appended {
-                seq: r.try_get("seq").map_err(db)?,
-                at: Timestamp(r.try_get("at").map_err(db)?),
+                seq,
+                at: Timestamp(r.try_get("dup_at").map_err(db)?),
                 duplicate: true,
             });
         }
@@ -1335,6 +1521,10 @@ async fn append_in_tx(
         });
     };
     let mut conv = conversation_row(&row)?;
+    if let Some(a) = arrivals {
+        // The chat's rows and heartbeat in the arrivals file count (see `sqlite_arrivals`).
+        a.pending_of(tenant, cid).apply(&mut conv);
+    }
     if backend == Backend::Sqlite {
         conv.last_seq += 1;
     }

@@ -11,7 +11,8 @@
 mod chat;
 mod migrations;
 mod sql;
+mod sqlite_arrivals;
 mod sqlite_writer;
 
 pub use migrations::{MIGRATIONS, Migration};
-pub use sql::{Backend, SqlStore};
+pub use sql::{Backend, SqlOptions, SqlStore};

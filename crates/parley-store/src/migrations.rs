@@ -39,6 +39,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0005_client_id_first.sql"),
         postgres: include_str!("../migrations/postgres/0005_client_id_first.sql"),
     },
+    Migration {
+        version: 6,
+        name: "arrivals_merged",
+        sqlite: include_str!("../migrations/sqlite/0006_arrivals_merged.sql"),
+        postgres: include_str!("../migrations/postgres/0006_arrivals_merged.sql"),
+    },
 ];
 
 #[cfg(test)]

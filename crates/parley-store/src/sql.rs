@@ -1,6 +1,7 @@
 //! The one `Store` implementation, over sqlx's `Any` pool (SQLite or PostgreSQL).
 
 use crate::migrations::MIGRATIONS;
+use crate::sqlite_arrivals::{self, Arrivals, Merger};
 use parley_core::audit::{AuditEvent, AuditRecord};
 use parley_core::store::{
     DepartmentRecord, PasswordChange, SessionRecord, Store, StoreError, StoreResult,
@@ -66,6 +67,33 @@ pub struct SqlStore {
     pub(crate) appender: tokio::sync::mpsc::Sender<crate::chat::Write>,
     /// Stops the writer (`close`).
     pub(crate) writer: Arc<Writer>,
+    /// SQLite: what the writer thread, the merge and the reads share about the arrivals file
+    /// (see `sqlite_arrivals`).
+    pub(crate) arrivals: Option<Arc<Arrivals>>,
+}
+
+/// How a store runs, beyond its URL.
+#[derive(Debug, Clone)]
+pub struct SqlOptions {
+    /// SQLite: this store serves chats. It takes the database's lock (`<db>-arrivals.lock`) and
+    /// is refused while another process holds it; it writes messages to the arrivals file and
+    /// merges them (see `sqlite_arrivals`). A store that does not serve (`false`: the
+    /// command-line verbs, which run beside a server) refuses chat writes and sees messages of
+    /// the last second or so only in a chat's events, not in its `last_seq`. PostgreSQL ignores
+    /// it: there every node serves.
+    pub serving: bool,
+    /// SQLite: how often the arrivals file is merged into the chats' logs (see
+    /// `sqlite_arrivals`). Shorter keeps that file smaller and costs more writes.
+    pub merge_every: Duration,
+}
+
+impl Default for SqlOptions {
+    fn default() -> Self {
+        SqlOptions {
+            serving: true,
+            merge_every: crate::sqlite_arrivals::MERGE_EVERY,
+        }
+    }
 }
 
 /// A mutex whose data stays usable after a panic elsewhere (it holds only a task handle).
@@ -73,11 +101,14 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The running writer: told to stop by `stop`, joined through `task`.
+/// The running writer: told to stop by `stop`, joined through `task`; then SQLite's merge.
 #[derive(Debug, Default)]
 pub(crate) struct Writer {
     pub(crate) stop: tokio::sync::Notify,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    merger: std::sync::Mutex<Option<Merger>>,
+    /// SQLite: the serving lock (`sqlite_arrivals::take_lock`), let go by `close`.
+    serving_lock: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 pub(crate) fn db(e: sqlx::Error) -> StoreError {
@@ -313,12 +344,22 @@ async fn insert_user(tx: &mut Tx<'_>, u: &UserRecord) -> StoreResult<()> {
 impl SqlStore {
     /// Connect to `sqlite://PATH` (created if missing) or `postgres://…`.
     pub async fn connect(url: &str) -> StoreResult<Self> {
+        Self::connect_with(url, SqlOptions::default()).await
+    }
+
+    /// `connect`, with options.
+    pub async fn connect_with(url: &str, opts: SqlOptions) -> StoreResult<Self> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url).ok_or_else(|| {
             StoreError::Backend("the database URL must start with sqlite:// or postgres://".into())
         })?;
+        let opening = |e: String| StoreError::Backend(format!("cannot open the database: {e}"));
         let mut url = url.to_owned();
         let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(15));
+        // SQLite: the file, which the writer thread and the merge open too, and its arrivals file,
+        // attached to every connection (see `sqlite_arrivals`).
+        let mut sqlite_file = None;
+        let mut serving_lock = None;
         match backend {
             Backend::Sqlite => {
                 if !url.contains("mode=") {
@@ -328,28 +369,66 @@ impl SqlStore {
                         "?mode=rwc"
                     });
                 }
-                options = options.max_connections(8).after_connect(|conn, _meta| {
-                    Box::pin(async move {
-                        for pragma in SQLITE_PRAGMAS {
-                            conn.execute(*pragma).await?;
-                        }
-                        Ok(())
-                    })
-                });
+                let file =
+                    <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)
+                        .map_err(|e| opening(e.to_string()))?
+                        .get_filename()
+                        .to_owned();
+                if file.as_os_str().is_empty() || file.as_os_str() == ":memory:" {
+                    return Err(opening(
+                        "an in-memory SQLite database cannot keep messages: give a file, \
+                         e.g. sqlite:///var/lib/parley/parley.db"
+                            .into(),
+                    ));
+                }
+                let arrivals_file = sqlite_arrivals::file_name(&file)?;
+                if opts.serving {
+                    serving_lock = Some(sqlite_arrivals::take_lock(&file)?);
+                }
+                // Made, checked, and (by the store that serves) emptied of what a crash left,
+                // before anything reads.
+                let (prepared, serving) = (file.clone(), opts.serving);
+                tokio::task::spawn_blocking(move || sqlite_arrivals::prepare(&prepared, serving))
+                    .await
+                    .map_err(|e| opening(e.to_string()))??;
+                options = options
+                    .max_connections(8)
+                    .after_connect(move |conn, _meta| {
+                        let arrivals_file = arrivals_file.clone();
+                        Box::pin(async move {
+                            for pragma in SQLITE_PRAGMAS {
+                                conn.execute(*pragma).await?;
+                            }
+                            sqlx::query(sqlite_arrivals::ATTACH)
+                                .bind(arrivals_file)
+                                .execute(&mut *conn)
+                                .await?;
+                            for pragma in sqlite_arrivals::ATTACHED_PRAGMAS {
+                                conn.execute(*pragma).await?;
+                            }
+                            Ok(())
+                        })
+                    });
+                sqlite_file = Some(file);
             }
             Backend::Postgres => options = options.max_connections(16),
         }
         let pool = options
             .connect(&url)
             .await
-            .map_err(|e| StoreError::Backend(format!("cannot open the database: {e}")))?;
+            .map_err(|e| opening(e.to_string()))?;
+        let arrivals = sqlite_file
+            .as_ref()
+            .map(|_| Arc::new(Arrivals::new(opts.serving)));
         let (appender, requests) = tokio::sync::mpsc::channel(4096);
         let writer = Arc::new(Writer::default());
+        *lock(&writer.serving_lock) = serving_lock;
         let store = SqlStore {
             pool,
             backend,
             appender,
             writer: writer.clone(),
+            arrivals: arrivals.clone(),
         };
         // The writer holds a store without a queue of its own, so dropping every handle of the
         // store ends it.
@@ -358,17 +437,14 @@ impl SqlStore {
             backend,
             appender: tokio::sync::mpsc::channel(1).0,
             writer: writer.clone(),
+            arrivals: arrivals.clone(),
         };
-        // SQLite's writer thread opens the same file (see `sqlite_writer`).
-        let sqlite_file = match backend {
-            Backend::Sqlite => Some(
-                <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)
-                    .map_err(|e| StoreError::Backend(format!("cannot open the database: {e}")))?
-                    .get_filename()
-                    .to_owned(),
-            ),
-            Backend::Postgres => None,
-        };
+        if let (Some(file), Some(arrivals)) = (&sqlite_file, &arrivals)
+            && arrivals.serving
+        {
+            let merger = Merger::start(file.clone(), arrivals.clone(), opts.merge_every)?;
+            *lock(&writer.merger) = Some(merger);
+        }
         let task = tokio::spawn(crate::chat::append_writer(
             writer_store,
             requests,
@@ -383,7 +459,8 @@ impl SqlStore {
     }
 
     /// Finish the writes already queued, refuse new ones ("the append writer has stopped"), let
-    /// the writer's own connection go, then close every connection.
+    /// the writer's own connection go, merge what SQLite's arrivals file holds, then close every
+    /// connection.
     pub async fn close(&self) {
         self.writer.stop.notify_one();
         let task = lock(&self.writer.task).take();
@@ -392,7 +469,15 @@ impl SqlStore {
         {
             tracing::warn!(error = %e, "the append writer ended abnormally");
         }
+        // After the writer: its last batches are merged too, and the arrivals file is left
+        // empty.
+        let merger = lock(&self.writer.merger).take();
+        if let Some(merger) = merger {
+            merger.stop().await;
+        }
         self.pool.close().await;
+        // Another process may serve the database from now on.
+        drop(lock(&self.writer.serving_lock).take());
     }
 
     /// A write transaction on a pooled connection (see `Backend::begin_write`).

@@ -60,7 +60,9 @@ impl TestApp {
             log_format: LogFormat::Text,
             trust_proxy: false,
         };
-        let (app, _store) = startup::open_app(&config, true).await.unwrap();
+        let (app, _store) = startup::open_app(&config, startup::Purpose::Serve)
+            .await
+            .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = AppState::new(

@@ -4,7 +4,7 @@
 
 use crate::SqlStore;
 use crate::sql::{Backend, Tx, append_audit_tx, corrupt, db, db_write, flag, id};
-use crate::sqlite_arrivals::{Arrivals, Pending};
+use crate::sqlite_arrivals::Arrivals;
 use parley_core::audit::AuditEvent;
 use parley_core::conversation::{
     AgentStatus, ConnectionPeriods, ConversationStatus, EventKind, VisitorConnection,
@@ -120,15 +120,6 @@ fn conversation_row(r: &AnyRow) -> StoreResult<ConversationRecord> {
         .ok_or_else(|| corrupt("visitor_state"))?,
         visitor_seen_at: Timestamp(r.try_get("visitor_seen_at").map_err(db)?),
     })
-}
-
-/// `conversation_row`, counting on SQLite what the arrivals file holds (taken before the read).
-fn conversation_row_with(r: &AnyRow, pending: Option<&Pending>) -> StoreResult<ConversationRecord> {
-    let mut rec = conversation_row(r)?;
-    if let Some(p) = pending {
-        p.apply(&mut rec);
-    }
-    Ok(rec)
 }
 
 fn event_row(r: &AnyRow) -> StoreResult<EventRecord> {
@@ -333,19 +324,19 @@ impl ChatStore for SqlStore {
         tenant: TenantId,
         cid: ConversationId,
     ) -> StoreResult<Option<ConversationRecord>> {
-        let pending = self.arrivals.as_ref().map(|a| a.pending_of(tenant, cid));
-        sqlx::query(&format!(
+        let sql = format!(
             "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND id = $2",
             cols = conversation_columns(self.backend)
-        ))
-        .bind(tenant.to_string())
-        .bind(cid.to_string())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?
-        .as_ref()
-        .map(|r| conversation_row_with(r, pending.as_ref()))
-        .transpose()
+        );
+        let found = self
+            .conversation_records(|| {
+                sqlx::query(&sql)
+                    .bind(tenant.to_string())
+                    .bind(cid.to_string())
+                    .fetch_all(&self.pool)
+            })
+            .await?;
+        Ok(found.into_iter().next())
     }
 
     async fn open_conversation_of_visitor(
@@ -353,20 +344,20 @@ impl ChatStore for SqlStore {
         tenant: TenantId,
         visitor: parley_core::VisitorId,
     ) -> StoreResult<Option<ConversationRecord>> {
-        let pending = self.pending();
-        sqlx::query(&format!(
+        let sql = format!(
             "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND visitor_id = $2 AND status <> 'ended' \
              ORDER BY created_at DESC LIMIT 1",
             cols = conversation_columns(self.backend)
-        ))
-        .bind(tenant.to_string())
-        .bind(visitor.to_string())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?
-        .as_ref()
-        .map(|r| conversation_row_with(r, pending.as_ref()))
-        .transpose()
+        );
+        let found = self
+            .conversation_records(|| {
+                sqlx::query(&sql)
+                    .bind(tenant.to_string())
+                    .bind(visitor.to_string())
+                    .fetch_all(&self.pool)
+            })
+            .await?;
+        Ok(found.into_iter().next())
     }
 
     async fn conversations_by_status(
@@ -375,30 +366,27 @@ impl ChatStore for SqlStore {
         status: ConversationStatus,
         department: Option<DepartmentId>,
     ) -> StoreResult<Vec<ConversationRecord>> {
-        let pending = self.pending();
-        let rows = match department {
-            Some(d) => sqlx::query(&format!(
-                "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND status = $2 AND department_id = $3 ORDER BY queued_at, id",
-                cols = conversation_columns(self.backend)
-            ))
-            .bind(tenant.to_string())
-            .bind(status.as_str())
-            .bind(d.to_string())
+        let in_department = if department.is_some() {
+            "AND department_id = $3"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND status = $2 {in_department} \
+             ORDER BY queued_at, id",
+            cols = conversation_columns(self.backend)
+        );
+        self.conversation_records(|| {
+            let q = sqlx::query(&sql)
+                .bind(tenant.to_string())
+                .bind(status.as_str());
+            match department {
+                Some(d) => q.bind(d.to_string()),
+                None => q,
+            }
             .fetch_all(&self.pool)
-            .await,
-            None => sqlx::query(&format!(
-                "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND status = $2 ORDER BY queued_at, id",
-                cols = conversation_columns(self.backend)
-            ))
-            .bind(tenant.to_string())
-            .bind(status.as_str())
-            .fetch_all(&self.pool)
-            .await,
-        }
-        .map_err(db)?;
-        rows.iter()
-            .map(|r| conversation_row_with(r, pending.as_ref()))
-            .collect()
+        })
+        .await
     }
 
     async fn conversations_of_agent(
@@ -406,19 +394,17 @@ impl ChatStore for SqlStore {
         tenant: TenantId,
         agent: UserId,
     ) -> StoreResult<Vec<ConversationRecord>> {
-        let pending = self.pending();
-        sqlx::query(&format!(
+        let sql = format!(
             "SELECT {cols} FROM conversations c WHERE tenant_id = $1 AND agent_id = $2 AND status = 'assigned' ORDER BY queued_at, id",
             cols = conversation_columns(self.backend)
-        ))
-        .bind(tenant.to_string())
-        .bind(agent.to_string())
-        .fetch_all(&self.pool)
+        );
+        self.conversation_records(|| {
+            sqlx::query(&sql)
+                .bind(tenant.to_string())
+                .bind(agent.to_string())
+                .fetch_all(&self.pool)
+        })
         .await
-        .map_err(db)?
-        .iter()
-        .map(|r| conversation_row_with(r, pending.as_ref()))
-        .collect()
     }
 
     async fn ended_conversations(
@@ -428,7 +414,6 @@ impl ChatStore for SqlStore {
         before: Timestamp,
         limit: i64,
     ) -> StoreResult<Vec<ConversationRecord>> {
-        let pending = self.pending();
         let filter = match departments {
             Some([]) => return Ok(vec![]),
             Some(d) => format!("AND department_id IN ({})", placeholders(4, d.len())),
@@ -439,19 +424,17 @@ impl ChatStore for SqlStore {
              ORDER BY ended_at DESC, id LIMIT $3",
             cols = conversation_columns(self.backend)
         );
-        let mut q = sqlx::query(&sql)
-            .bind(tenant.to_string())
-            .bind(before.0)
-            .bind(limit);
-        for d in departments.unwrap_or_default() {
-            q = q.bind(d.to_string());
-        }
-        q.fetch_all(&self.pool)
-            .await
-            .map_err(db)?
-            .iter()
-            .map(|r| conversation_row_with(r, pending.as_ref()))
-            .collect()
+        self.conversation_records(|| {
+            let mut q = sqlx::query(&sql)
+                .bind(tenant.to_string())
+                .bind(before.0)
+                .bind(limit);
+            for d in departments.unwrap_or_default() {
+                q = q.bind(d.to_string());
+            }
+            q.fetch_all(&self.pool)
+        })
+        .await
     }
 
     async fn append_event_then(
@@ -599,43 +582,55 @@ impl ChatStore for SqlStore {
     }
 
     async fn silent_visitors(&self, now: Timestamp) -> StoreResult<Vec<SilentVisitor>> {
-        let pending = self.pending();
-        let rows = sqlx::query(
-            "SELECT c.tenant_id, c.id, c.visitor_id, c.visitor_state, c.visitor_seen_at, t.visitor_weak_after_ms, t.visitor_lost_after_ms, \
-             t.visitor_timeout_ms FROM conversations c JOIN tenants t ON t.id = c.tenant_id \
-             WHERE c.status <> 'ended' AND c.visitor_seen_at + t.visitor_weak_after_ms <= $1",
-        )
-        .bind(now.0)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        let mut silent = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let (tenant, conversation) = (id(r, "tenant_id")?, id(r, "id")?);
-            let state =
-                VisitorConnection::parse(&r.try_get::<String, _>("visitor_state").map_err(db)?)
-                    .ok_or_else(|| corrupt("visitor_state"))?;
-            let mut seen_at = Timestamp(r.try_get("visitor_seen_at").map_err(db)?);
-            if let Some(p) = &pending {
-                seen_at = p.seen_at(tenant, conversation, id(r, "visitor_id")?, state, seen_at);
+        loop {
+            let epoch = self.arrivals.as_ref().map(|a| a.epoch());
+            let rows = sqlx::query(
+                "SELECT c.tenant_id, c.id, c.visitor_id, c.visitor_state, c.visitor_seen_at, t.visitor_weak_after_ms, t.visitor_lost_after_ms, \
+                 t.visitor_timeout_ms FROM conversations c JOIN tenants t ON t.id = c.tenant_id \
+                 WHERE c.status <> 'ended' AND c.visitor_seen_at + t.visitor_weak_after_ms <= $1",
+            )
+            .bind(now.0)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            let mut found = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let state =
+                    VisitorConnection::parse(&r.try_get::<String, _>("visitor_state").map_err(db)?)
+                        .ok_or_else(|| corrupt("visitor_state"))?;
+                let visitor: VisitorId = id(r, "visitor_id")?;
+                let silent = SilentVisitor {
+                    tenant: id(r, "tenant_id")?,
+                    conversation: id(r, "id")?,
+                    state,
+                    seen_at: Timestamp(r.try_get("visitor_seen_at").map_err(db)?),
+                    periods: ConnectionPeriods {
+                        weak_after_ms: r.try_get("visitor_weak_after_ms").map_err(db)?,
+                        lost_after_ms: r.try_get("visitor_lost_after_ms").map_err(db)?,
+                        timeout_ms: r.try_get("visitor_timeout_ms").map_err(db)?,
+                    },
+                };
+                found.push((silent, visitor));
             }
-            let periods = ConnectionPeriods {
-                weak_after_ms: r.try_get("visitor_weak_after_ms").map_err(db)?,
-                lost_after_ms: r.try_get("visitor_lost_after_ms").map_err(db)?,
-                timeout_ms: r.try_get("visitor_timeout_ms").map_err(db)?,
+            let (Some(arrivals), Some(epoch)) = (&self.arrivals, epoch) else {
+                return Ok(found.into_iter().map(|(s, _)| s).collect());
             };
             // A heartbeat not merged yet may show the visitor is not silent after all.
-            if seen_at.0.saturating_add(periods.weak_after_ms) <= now.0 {
-                silent.push(SilentVisitor {
-                    tenant,
-                    conversation,
-                    state,
-                    seen_at,
-                    periods,
-                });
+            let folded = arrivals.fold(epoch, |view| {
+                found
+                    .into_iter()
+                    .map(|(mut s, visitor)| {
+                        s.seen_at =
+                            view.seen_at(s.tenant, s.conversation, visitor, s.state, s.seen_at);
+                        s
+                    })
+                    .filter(|s| s.seen_at.0.saturating_add(s.periods.weak_after_ms) <= now.0)
+                    .collect::<Vec<_>>()
+            });
+            if let Some(silent) = folded {
+                return Ok(silent);
             }
         }
-        Ok(silent)
     }
 
     async fn connection_periods(&self, tenant: TenantId) -> StoreResult<ConnectionPeriods> {
@@ -938,9 +933,31 @@ impl SqlStore {
         rows.iter().map(event_row).collect()
     }
 
-    /// SQLite: what a read of several chats folds in (see `sqlite_arrivals`), taken before it.
-    fn pending(&self) -> Option<Pending> {
-        self.arrivals.as_ref().map(|a| a.pending())
+    /// Conversation rows as records, counting on SQLite what the arrivals file and the waiting
+    /// heartbeats hold (`Arrivals::fold`): `read` runs again should a head or a heartbeat be let
+    /// go while it ran.
+    async fn conversation_records<F, Fut>(&self, read: F) -> StoreResult<Vec<ConversationRecord>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<AnyRow>, sqlx::Error>>,
+    {
+        loop {
+            let epoch = self.arrivals.as_ref().map(|a| a.epoch());
+            let rows = read().await.map_err(db)?;
+            let mut recs = rows
+                .iter()
+                .map(conversation_row)
+                .collect::<StoreResult<Vec<_>>>()?;
+            let (Some(arrivals), Some(epoch)) = (&self.arrivals, epoch) else {
+                return Ok(recs);
+            };
+            let folded = arrivals.fold(epoch, |view| {
+                recs.iter_mut().for_each(|r| view.apply(r));
+            });
+            if folded.is_some() {
+                return Ok(recs);
+            }
+        }
     }
 
     /// Queue a write for the group-commit writer and wait for its answer (sent after the commit).
@@ -1382,7 +1399,7 @@ async fn append_message(
         visitor: id(&row, "visitor_id")?,
         agent: opt_id(&row, "agent_id")?,
         last_seq: arrivals.map_or(logged, |a| {
-            a.pending_of(tenant, cid).last_seq(tenant, cid, logged)
+            a.fold_locked(|view| view.last_seq(tenant, cid, logged))
         }),
         earlier,
     };
@@ -1523,7 +1540,7 @@ async fn append_in_tx(
     let mut conv = conversation_row(&row)?;
     if let Some(a) = arrivals {
         // The chat's rows and heartbeat in the arrivals file count (see `sqlite_arrivals`).
-        a.pending_of(tenant, cid).apply(&mut conv);
+        a.fold_locked(|view| view.apply(&mut conv));
     }
     if backend == Backend::Sqlite {
         conv.last_seq += 1;

@@ -52,7 +52,7 @@ use parley_core::store::{ConversationRecord, StoreError, StoreResult};
 use parley_core::{ConversationId, TenantId, Timestamp, VisitorId};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -267,8 +267,14 @@ pub(crate) struct Arrivals {
     /// This store serves chats (it holds the lock, writes the arrivals file and merges it); one
     /// that does not knows no heads and refuses chat writes.
     pub(crate) serving: bool,
-    pub(crate) heads: Heads,
-    pub(crate) stamps: Stamps,
+    /// Per chat, the last seq the writer gave it and that seq's generation, for the chats whose
+    /// rows may not be merged yet (see the module's notes).
+    heads: Mutex<HashMap<Chat, (i64, i64)>>,
+    /// Heartbeats waiting for the next merge: per chat, its visitor's latest. A stamp stays here
+    /// until a merge has committed it.
+    stamps: Mutex<HashMap<Chat, (VisitorId, i64)>>,
+    /// Moves whenever a head or a stamp is let go (see `fold`).
+    epoch: AtomicU64,
     /// The arrivals file's write-ahead log has grown past `chat::CATCH_UP_FRAMES`: the writer
     /// thread checkpoints it between batches until it is all copied back (as the writer does for
     /// the main file, see `chat::checkpoint_loop`).
@@ -277,85 +283,8 @@ pub(crate) struct Arrivals {
 
 type Chat = (TenantId, ConversationId);
 
-/// Per chat, the last seq the writer gave it and that seq's generation, for the chats whose rows
-/// may not be merged yet (see the module's notes).
-#[derive(Debug, Default)]
-pub(crate) struct Heads(Mutex<HashMap<Chat, (i64, i64)>>);
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl Heads {
-    /// The chat's head: no row of it past this seq is in the arrivals file.
-    pub(crate) fn get(&self, tenant: TenantId, cid: ConversationId) -> Option<i64> {
-        lock(&self.0).get(&(tenant, cid)).map(|(seq, _)| *seq)
-    }
-
-    /// Every head at once, for a read of several chats.
-    pub(crate) fn all(&self) -> HashMap<Chat, i64> {
-        lock(&self.0)
-            .iter()
-            .map(|(k, (seq, _))| (*k, *seq))
-            .collect()
-    }
-
-    /// After a commit of generation `generation`: the seqs it gave.
-    pub(crate) fn record(&self, generation: i64, given: &HashMap<Chat, i64>) {
-        let mut heads = lock(&self.0);
-        for (chat, seq) in given {
-            let head = heads.entry(*chat).or_insert((*seq, generation));
-            if *seq >= head.0 {
-                *head = (*seq, generation);
-            }
-        }
-    }
-
-    /// Once a snapshot of the main file shows every generation up to `merged` merged: only the
-    /// writer thread calls this, with the mark of the snapshot it reads the log from (see the
-    /// module's notes).
-    pub(crate) fn prune(&self, merged: i64) {
-        lock(&self.0).retain(|_, (_, generation)| *generation > merged);
-    }
-}
-
-/// Heartbeats waiting for the next merge: per chat, its visitor's latest. A stamp stays here
-/// until a merge has committed it, so a read that looks here before it reads the database misses
-/// none (reads fold them in, with the heads: `Pending`).
-#[derive(Debug, Default)]
-pub(crate) struct Stamps(Mutex<HashMap<Chat, (VisitorId, i64)>>);
-
-impl Stamps {
-    pub(crate) fn record(&self, stamps: impl IntoIterator<Item = (Chat, (VisitorId, i64))>) {
-        let mut map = lock(&self.0);
-        for (chat, (visitor, at)) in stamps {
-            let seen = map.entry(chat).or_insert((visitor, at));
-            if at >= seen.1 {
-                *seen = (visitor, at);
-            }
-        }
-    }
-
-    fn all(&self) -> HashMap<Chat, (VisitorId, i64)> {
-        lock(&self.0).clone()
-    }
-
-    /// After a merge has committed `merged`: drop what it wrote (a later stamp stays).
-    fn forget(&self, merged: &HashMap<Chat, (VisitorId, i64)>) {
-        let mut map = lock(&self.0);
-        for (chat, (_, at)) in merged {
-            if map.get(chat).is_some_and(|now| now.1 <= *at) {
-                map.remove(chat);
-            }
-        }
-    }
-}
-
-/// What the arrivals file and the waiting heartbeats hold that the main file may not show yet,
-/// taken before a read of chats and folded into what it found (see the module's notes).
-pub(crate) struct Pending {
-    heads: HashMap<Chat, i64>,
-    stamps: HashMap<Chat, (VisitorId, i64)>,
 }
 
 impl Arrivals {
@@ -371,45 +300,111 @@ impl Arrivals {
     /// there, and any seq at all for a store that does not serve (it knows no heads).
     pub(crate) fn head(&self, tenant: TenantId, cid: ConversationId) -> Option<i64> {
         if self.serving {
-            self.heads.get(tenant, cid)
+            lock(&self.heads).get(&(tenant, cid)).map(|(seq, _)| *seq)
         } else {
             Some(i64::MAX)
         }
     }
 
-    /// For a read of one chat.
-    pub(crate) fn pending_of(&self, tenant: TenantId, cid: ConversationId) -> Pending {
-        let chat = (tenant, cid);
-        Pending {
-            heads: self
-                .heads
-                .get(tenant, cid)
-                .map(|h| (chat, h))
-                .into_iter()
-                .collect(),
-            stamps: lock(&self.stamps.0)
-                .get(&chat)
-                .map(|s| (chat, *s))
-                .into_iter()
-                .collect(),
+    /// After a commit of generation `generation`: the seqs it gave.
+    pub(crate) fn record_heads(&self, generation: i64, given: &HashMap<Chat, i64>) {
+        let mut heads = lock(&self.heads);
+        for (chat, seq) in given {
+            let head = heads.entry(*chat).or_insert((*seq, generation));
+            if *seq >= head.0 {
+                *head = (*seq, generation);
+            }
         }
     }
 
-    /// For a read of several.
-    pub(crate) fn pending(&self) -> Pending {
-        Pending {
-            heads: self.heads.all(),
-            stamps: self.stamps.all(),
+    /// Once a snapshot of the main file shows every generation up to `merged` merged: only the
+    /// writer thread calls this, with the mark of the snapshot it reads the log from (see the
+    /// module's notes).
+    pub(crate) fn prune_heads(&self, merged: i64) {
+        let mut heads = lock(&self.heads);
+        let before = heads.len();
+        heads.retain(|_, (_, generation)| *generation > merged);
+        if heads.len() < before {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// After a commit: the heartbeats it took.
+    pub(crate) fn record_stamps(&self, stamps: impl IntoIterator<Item = (Chat, (VisitorId, i64))>) {
+        let mut map = lock(&self.stamps);
+        for (chat, (visitor, at)) in stamps {
+            let seen = map.entry(chat).or_insert((visitor, at));
+            if at >= seen.1 {
+                *seen = (visitor, at);
+            }
+        }
+    }
+
+    fn stamps(&self) -> HashMap<Chat, (VisitorId, i64)> {
+        lock(&self.stamps).clone()
+    }
+
+    /// After a merge has committed `merged`: drop what it wrote (a later stamp stays).
+    fn forget_stamps(&self, merged: &HashMap<Chat, (VisitorId, i64)>) {
+        let mut map = lock(&self.stamps);
+        let before = map.len();
+        for (chat, (_, at)) in merged {
+            if map.get(chat).is_some_and(|now| now.1 <= *at) {
+                map.remove(chat);
+            }
+        }
+        if map.len() < before {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Where the heads and stamps stand, taken before a read that `fold`s them in.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Fold the heads and stamps into what a read of the main file found, if none was let go
+    /// since `epoch` (taken before the read); `None` when one was, and the read is made again.
+    ///
+    /// A head or stamp is let go only once the main file shows what it stood for, but maybe not
+    /// the snapshot the read saw; one added since is newer than the read, and counting it only
+    /// makes the answer fresher. Folding after the read looks up only the chats it found,
+    /// where taking every head and stamp before it copied both maps on every read.
+    pub(crate) fn fold<T>(&self, epoch: u64, f: impl FnOnce(&View<'_>) -> T) -> Option<T> {
+        let heads = lock(&self.heads);
+        let stamps = lock(&self.stamps);
+        (self.epoch.load(Ordering::SeqCst) == epoch).then(|| {
+            f(&View {
+                heads: &heads,
+                stamps: &stamps,
+            })
+        })
+    }
+
+    /// Fold them in as they are now, for a read made under the main file's write lock (a batch
+    /// with a state change): no merge can commit during it, so none was let go that it needs.
+    pub(crate) fn fold_locked<T>(&self, f: impl FnOnce(&View<'_>) -> T) -> T {
+        let heads = lock(&self.heads);
+        let stamps = lock(&self.stamps);
+        f(&View {
+            heads: &heads,
+            stamps: &stamps,
+        })
     }
 }
 
-impl Pending {
+/// The heads and stamps, for folding into what a read of the main file found (`Arrivals::fold`).
+pub(crate) struct View<'a> {
+    heads: &'a HashMap<Chat, (i64, i64)>,
+    stamps: &'a HashMap<Chat, (VisitorId, i64)>,
+}
+
+impl View<'_> {
     /// The chat's last seq, counting its rows in the arrivals file.
     pub(crate) fn last_seq(&self, tenant: TenantId, cid: ConversationId, logged: i64) -> i64 {
         self.heads
             .get(&(tenant, cid))
-            .map_or(logged, |head| (*head).max(logged))
+            .map_or(logged, |(head, _)| (*head).max(logged))
     }
 
     /// When the chat's visitor was last seen, counting a heartbeat not merged yet (written, as
@@ -455,7 +450,7 @@ fn has_rows(c: &rusqlite::Connection) -> StoreResult<bool> {
 /// One merge (see the module's notes). Does nothing when there is nothing to move.
 fn cycle(c: &rusqlite::Connection, arrivals: &Arrivals) -> StoreResult<()> {
     let rows = has_rows(c)?;
-    let stamps = arrivals.stamps.all();
+    let stamps = arrivals.stamps();
     if !rows && stamps.is_empty() {
         return Ok(());
     }
@@ -465,7 +460,7 @@ fn cycle(c: &rusqlite::Connection, arrivals: &Arrivals) -> StoreResult<()> {
         let _ = c.execute_batch("ROLLBACK");
     }
     let merged = moved?;
-    arrivals.stamps.forget(&stamps);
+    arrivals.forget_stamps(&stamps);
     let Some(merged) = merged else { return Ok(()) };
     // Only generations up to `merged` were ever written to this table: the writer writes the
     // one after it (the other parity), and only this merge opens the next.
@@ -610,5 +605,73 @@ fn run(main: &Path, arrivals: &Arrivals, every: Duration, stop: &(Mutex<bool>, C
         if stopping {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat() -> Chat {
+        (
+            TenantId::from_uuid(uuid::Uuid::now_v7()),
+            ConversationId::from_uuid(uuid::Uuid::now_v7()),
+        )
+    }
+
+    /// A read folds the heads in after it has read: a head let go in between (the writer saw
+    /// its rows merged, maybe after the read's snapshot) sends the read round again; a head
+    /// added in between only makes the answer fresher.
+    #[test]
+    fn a_head_let_go_during_a_read_sends_it_round_again() {
+        let arrivals = Arrivals::new(true);
+        let (tenant, cid) = chat();
+        arrivals.record_heads(1, &HashMap::from([((tenant, cid), 7)]));
+        let before = arrivals.epoch();
+        arrivals.prune_heads(0);
+        assert_eq!(
+            arrivals.fold(before, |v| v.last_seq(tenant, cid, 3)),
+            Some(7),
+            "nothing was let go: the head counts"
+        );
+        arrivals.prune_heads(1);
+        assert_eq!(arrivals.fold(before, |v| v.last_seq(tenant, cid, 3)), None);
+        let now = arrivals.epoch();
+        assert_eq!(arrivals.fold(now, |v| v.last_seq(tenant, cid, 7)), Some(7));
+        arrivals.record_heads(2, &HashMap::from([((tenant, cid), 9)]));
+        assert_eq!(arrivals.fold(now, |v| v.last_seq(tenant, cid, 7)), Some(9));
+    }
+
+    /// The same for a heartbeat the merge has written: between the read and the fold the visitor
+    /// could otherwise look silent for as long as one merge.
+    #[test]
+    fn a_stamp_written_during_a_read_sends_it_round_again() {
+        let arrivals = Arrivals::new(true);
+        let (tenant, cid) = chat();
+        let visitor = VisitorId::from_uuid(uuid::Uuid::now_v7());
+        arrivals.record_stamps([((tenant, cid), (visitor, 500))]);
+        let seen = |v: &View<'_>| {
+            v.seen_at(
+                tenant,
+                cid,
+                visitor,
+                VisitorConnection::Connected,
+                Timestamp(100),
+            )
+        };
+        let before = arrivals.epoch();
+        assert_eq!(arrivals.fold(before, seen), Some(Timestamp(500)));
+        let merged = arrivals.stamps();
+        arrivals.record_stamps([((tenant, cid), (visitor, 600))]);
+        arrivals.forget_stamps(&merged);
+        assert_eq!(
+            arrivals.fold(before, seen),
+            Some(Timestamp(600)),
+            "a later stamp stays, and nothing was let go"
+        );
+        let merged = arrivals.stamps();
+        arrivals.forget_stamps(&merged);
+        assert_eq!(arrivals.fold(before, seen), None);
+        assert_eq!(arrivals.fold(arrivals.epoch(), seen), Some(Timestamp(100)));
     }
 }

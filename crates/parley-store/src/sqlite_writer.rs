@@ -193,7 +193,7 @@ fn commit_batch(
         .map_err(db)?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(db)?;
-    arrivals.heads.prune(merged);
+    arrivals.prune_heads(merged);
     let mut given = HashMap::new();
     let mut stamps = Vec::new();
     let mut done = Vec::with_capacity(batch.len());
@@ -204,8 +204,8 @@ fn commit_batch(
         });
     }
     c.execute_batch("COMMIT").map_err(db)?;
-    arrivals.heads.record(generation, &given);
-    arrivals.stamps.record(stamps);
+    arrivals.record_heads(generation, &given);
+    arrivals.record_stamps(stamps);
     Ok(done)
 }
 
@@ -260,7 +260,7 @@ fn append(
                 .transpose()?,
             last_seq: [
                 Some(logged),
-                arrivals.heads.get(chat.0, chat.1),
+                arrivals.head(chat.0, chat.1),
                 given.get(&chat).copied(),
             ]
             .into_iter()

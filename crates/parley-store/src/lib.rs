@@ -6,6 +6,11 @@
 //! build time. The two migration trees carry the same versions and differ in type names, and in
 //! one place where SQLite keeps less: it has no `conversations.last_seq` counter (migration 4), a
 //! chat's log is its counter there.
+//!
+//! SQLite's message path has SQL of its own, for speed on one core and one disk: plain batches run
+//! on a writer thread with a rusqlite connection (`sqlite_writer`, `?N` placeholders) and commit to
+//! a second file, the arrivals file, which a merge thread moves into the chats' logs once a second
+//! (`sqlite_arrivals`).
 
 #[macro_use]
 mod chat;

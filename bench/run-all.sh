@@ -15,7 +15,7 @@ cargo build --release --locked --bin parley --bin parley-load
 bin=${CARGO_TARGET_DIR:-target}/release
 out=bench/results
 mkdir -p "$out"
-rates=${RATES:-1000,2000,4000,6000,8000,10000}
+rates=${RATES:-1000,2000,4000,6000,8000,10000,12000}
 pairs=${PAIRS:-800}
 step=${STEP_SECS:-4}
 runs=${RUNS:-3}

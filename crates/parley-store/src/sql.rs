@@ -97,7 +97,7 @@ impl Default for SqlOptions {
 }
 
 /// A mutex whose data stays usable after a panic elsewhere (it holds only a task handle).
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

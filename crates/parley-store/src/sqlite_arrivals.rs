@@ -454,27 +454,44 @@ fn cycle(c: &rusqlite::Connection, arrivals: &Arrivals) -> StoreResult<()> {
     if !rows && stamps.is_empty() {
         return Ok(());
     }
+    let started = std::time::Instant::now();
     let moved = move_rows(c, rows, &stamps);
     if moved.is_err() {
         // Tried again with the next merge; the stamps are still waiting.
         let _ = c.execute_batch("ROLLBACK");
     }
-    let merged = moved?;
+    let moved = moved?;
+    let held = started.elapsed();
     arrivals.forget_stamps(&stamps);
-    let Some(merged) = merged else { return Ok(()) };
-    // Only generations up to `merged` were ever written to this table: the writer writes the
-    // one after it (the other parity), and only this merge opens the next.
-    c.execute_batch(if merged % 2 == 0 {
-        "DELETE FROM arrivals.events_0"
-    } else {
-        "DELETE FROM arrivals.events_1"
-    })
-    .map_err(db)?;
-    // The merge is the main file's busiest writer now: copy its pages back while nothing else
-    // writes, so that the main log can start over at the next merge.
-    c.query_row("PRAGMA main.wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+    if let Some(merged) = moved.merged {
+        // Only generations up to `merged` were ever written to this table: the writer writes
+        // the one after it (the other parity), and only this merge opens the next.
+        c.execute_batch(if merged % 2 == 0 {
+            "DELETE FROM arrivals.events_0"
+        } else {
+            "DELETE FROM arrivals.events_1"
+        })
         .map_err(db)?;
+        // The merge is the main file's busiest writer now: copy its pages back while nothing
+        // else writes, so that the main log can start over at the next merge.
+        c.query_row("PRAGMA main.wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .map_err(db)?;
+    }
+    tracing::debug!(
+        rows = moved.rows,
+        heartbeats = stamps.len(),
+        main_lock_ms = held.as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "merged the arrivals file"
+    );
     Ok(())
+}
+
+/// What a merge moved: the generation it merged up to (none when it moved heartbeats only) and
+/// how many rows.
+struct Moved {
+    merged: Option<i64>,
+    rows: usize,
 }
 
 /// Close the generation being written and move every closed one into the log, with the
@@ -487,7 +504,7 @@ fn move_rows(
     c: &rusqlite::Connection,
     rows: bool,
     stamps: &HashMap<Chat, (VisitorId, i64)>,
-) -> StoreResult<Option<i64>> {
+) -> StoreResult<Moved> {
     let next = if rows {
         c.execute_batch(
             "BEGIN; UPDATE arrivals.state SET gen = gen + 1 \
@@ -502,10 +519,11 @@ fn move_rows(
         None
     };
     c.execute_batch("BEGIN").map_err(db)?;
+    let mut rows = 0;
     if let Some(next) = next {
         // The first statement writes the main file, so the transaction holds its write lock
         // from the start and reads the mark as it is.
-        c.prepare_cached(
+        let moved = c.prepare_cached(
             "INSERT INTO main.conversation_events (tenant_id, conversation_id, seq, kind, at, \
              author, client_msg_id, body_ct, data) \
              SELECT tenant_id, conversation_id, seq, kind, at, author, client_msg_id, body_ct, data \
@@ -519,6 +537,7 @@ fn move_rows(
         .map_err(db)?
         .execute([next])
         .map_err(db)?;
+        rows = moved;
         // Never backwards: a mark that fell back would have merged rows counted twice.
         c.prepare_cached("UPDATE main.arrivals_merged SET merged = MAX(merged, ?1)")
             .map_err(db)?
@@ -541,7 +560,10 @@ fn move_rows(
         .map_err(db)?;
     }
     c.execute_batch("COMMIT").map_err(db)?;
-    Ok(next.map(|n| n - 1))
+    Ok(Moved {
+        merged: next.map(|n| n - 1),
+        rows,
+    })
 }
 
 /// The merge thread, started with the store and stopped by `close` after the writer.

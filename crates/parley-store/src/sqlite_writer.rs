@@ -30,11 +30,6 @@ type Job = (
     oneshot::Sender<(Vec<Write>, StoreResult<Vec<Done>>)>,
 );
 
-/// Whether a batch can run here: plain messages and heartbeats only.
-pub(crate) fn takes(batch: &[Write]) -> bool {
-    batch.iter().all(Write::is_plain)
-}
-
 /// The thread and its connection, started with the first batch it gets.
 pub(crate) struct Thread {
     jobs: std::sync::mpsc::Sender<Job>,
@@ -68,6 +63,8 @@ pub(crate) async fn commit(
     arrivals: &Arc<Arrivals>,
     batch: &mut Vec<Write>,
 ) -> StoreResult<Vec<Done>> {
+    // Plain messages and heartbeats only: the rest goes to the main file (`chat::MainLane`).
+    debug_assert!(batch.iter().all(Write::is_plain));
     let t = match thread {
         Some(t) => t,
         None => thread.insert(Thread::start(path.to_owned(), arrivals.clone())?),

@@ -292,6 +292,77 @@ async fn visitor_of(
         .visitor
 }
 
+/// SQLite only: a state change waiting for the main file's write lock (held here by another
+/// connection, as the merge of the arrivals file holds it) holds up no other chat's messages; a
+/// later message of its own chat waits for it and follows it in the log.
+#[tokio::test]
+async fn sqlite_a_waiting_state_change_holds_up_only_its_own_chat() {
+    use parley_core::conversation::VisitorConnection::{Connected, Weak};
+    let dir = tempfile::tempdir().unwrap();
+    let (url, store) = sqlite_store(dir.path()).await;
+    let (tenant, convs) = scenarios::chats(&store, 2).await;
+    let (a, b) = (convs[0], convs[1]);
+    let (va, vb) = (
+        visitor_of(&store, tenant, a).await,
+        visitor_of(&store, tenant, b).await,
+    );
+    let mut holder = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let weak = {
+        let s = store.clone();
+        tokio::spawn(async move {
+            let kind = parley_core::conversation::EventKind::Connection;
+            let to = Transition::VisitorState {
+                from: Connected,
+                to: Weak,
+            };
+            s.append_event(tenant, a, &scenarios::new_event(kind, None), None, &to)
+                .await
+                .unwrap()
+                .seq
+        })
+    };
+    // The state change is queued before the messages (this runtime has one thread: the task
+    // runs up to its wait for the answer).
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let after = {
+        let s = store.clone();
+        tokio::spawn(async move { scenarios::one_more_message(&s, tenant, a, va).await })
+    };
+    let other = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        scenarios::one_more_message(&store, tenant, b, vb),
+    )
+    .await
+    .expect("a message of another chat is not held up by the waiting state change");
+    assert_eq!(other, 2);
+    assert!(!weak.is_finished(), "the state change waits for the lock");
+    assert!(
+        !after.is_finished(),
+        "a later message of its chat waits behind it"
+    );
+
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    assert_eq!(weak.await.unwrap(), 2);
+    assert_eq!(after.await.unwrap(), 3, "and follows it");
+    let kinds: Vec<String> = store
+        .events(tenant, a, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind.as_str().to_owned())
+        .collect();
+    assert_eq!(kinds, ["started", "connection", "message"]);
+    holder.close().await.unwrap();
+    store.close().await;
+}
+
 /// A raw connection to the SQLite database at `url`, with its arrivals file attached.
 async fn raw_with_arrivals(url: &str) -> sqlx::SqliteConnection {
     let mut raw = sqlx::SqliteConnection::connect(url).await.unwrap();
@@ -2134,6 +2205,16 @@ mod scenarios {
             // Each chat's log starts with its `started` event (seq 1).
             assert_eq!(order, (2..2 + order.len() as i64).collect::<Vec<_>>());
         }
+    }
+
+    /// A tenant with `n` chats, started, not assigned.
+    pub async fn chats(store: &SqlStore, n: usize) -> (TenantId, Vec<ConversationId>) {
+        let c = chat_setup(store, "acme", 1, 2).await;
+        let mut convs = vec![];
+        for _ in 0..n {
+            convs.push(new_conversation(store, &c).await);
+        }
+        (c.tenant, convs)
     }
 
     /// A chat with `n` visitor messages after its `started` event.

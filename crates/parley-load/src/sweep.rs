@@ -57,6 +57,12 @@ pub struct SweepArgs {
     /// Seconds per rate.
     #[arg(long, default_value_t = 5)]
     step_secs: u64,
+    /// Parley only: chats started and ended per second during each step, beside the pairs'
+    /// messages. Each is a new widget visitor who starts a chat (assigned at once to an agent
+    /// kept for them) and ends it a second later: the starts, assignments and ends are the state
+    /// changes that real traffic mixes with its messages, and the pairs' chats never make.
+    #[arg(long, default_value_t = 0)]
+    churn: u64,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -110,6 +116,19 @@ pub struct Step {
     pub server_bytes_written_per_msg: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transcript: Option<Latency>,
+    /// The chats started and ended during the step (`--churn`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<Churned>,
+}
+
+/// What `--churn` did in a step: chats started (and assigned), ended, and failed.
+#[derive(Serialize, Clone, Copy, Default, Debug)]
+pub struct Churned {
+    pub started: usize,
+    pub ended: usize,
+    pub failed: usize,
+    /// From the request that starts a chat to its answer (the chat stored and routed).
+    pub start_p99_ms: f64,
 }
 
 #[derive(Default)]
@@ -465,7 +484,80 @@ fn finish(
         server_cpu_ms_per_msg: per_msg(&|u| u.cpu_secs * 1000.0),
         server_bytes_written_per_msg: per_msg(&|u| u.write_bytes as f64),
         transcript: (!s.transcript_us.is_empty()).then(|| summarize(s.transcript_us.clone())),
+        churn: None,
     }
+}
+
+/// Agent numbers for `--churn`'s agents, apart from the pairs' agents.
+const CHURN_AGENTS_FROM: usize = 100_000;
+/// Visitor numbers for `--churn`'s visitors, apart from the pairs' visitors.
+const CHURN_VISITORS_FROM: usize = 1_000_000;
+/// How many chats each of `--churn`'s agents takes at once.
+const CHURN_CAPACITY: usize = 20;
+
+/// `--churn`'s agents: online, console open, with room for twice the chats a second brings
+/// (each lives about a second). Their console sockets stay open for the run.
+async fn churn_agents(bench: &Arc<Bench>, per_sec: u64) -> Result<(), String> {
+    let agents = (per_sec as usize * 2).div_ceil(CHURN_CAPACITY).max(1);
+    for i in 0..agents {
+        let console = bench.agent(CHURN_AGENTS_FROM + i, CHURN_CAPACITY).await?;
+        let ticket = bench.agent_ticket(&console).await?;
+        let ws = open_socket(&bench.ws_url, &ticket).await?;
+        let (tx, _) = run_socket(ws, |_, _| {});
+        target::keep_alive(&tx);
+        std::mem::forget(tx);
+    }
+    Ok(())
+}
+
+/// Start `per_sec` chats a second for `secs` seconds, each ended a second after it started;
+/// the counts once every one has ended (or failed).
+async fn churn(bench: Arc<Bench>, per_sec: u64, secs: u64, first: usize) -> Churned {
+    let start = Instant::now();
+    let mut chats = tokio::task::JoinSet::new();
+    for k in 0..per_sec * secs {
+        let due = start + Duration::from_secs_f64(k as f64 / per_sec as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let (bench, i) = (bench.clone(), first + k as usize);
+        chats.spawn(async move {
+            let token = bench.visitor(i).await?;
+            let t0 = Instant::now();
+            let conversation = bench.start_chat(i, &token).await?;
+            let started = t0.elapsed();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let path = format!("/api/widget/conversations/{conversation}/end");
+            bench
+                .visitor_request(
+                    i,
+                    reqwest::Method::POST,
+                    &path,
+                    target::Auth::Bearer(&token),
+                    None,
+                )
+                .await?;
+            Ok::<_, String>(started)
+        });
+    }
+    let mut counts = Churned::default();
+    let mut starts = vec![];
+    while let Some(done) = chats.join_next().await {
+        match done {
+            Ok(Ok(started)) => {
+                counts.started += 1;
+                counts.ended += 1;
+                starts.push(started.as_micros() as u64);
+            }
+            Ok(Err(e)) => {
+                if counts.failed == 0 {
+                    eprintln!("a churn chat failed: {e}");
+                }
+                counts.failed += 1;
+            }
+            Err(_) => counts.failed += 1,
+        }
+    }
+    counts.start_p99_ms = summarize(starts).p99_ms;
+    counts
 }
 
 async fn open_loop_step(
@@ -544,6 +636,12 @@ fn print_step(s: &Step) {
         s.server_cpu_ms_per_msg
             .map_or("-".into(), |c| format!("{c:.3}"))
     );
+    if let Some(c) = &s.churn {
+        eprintln!(
+            "{:>9}  churn: {} chats started and ended, {} failed, start p99 {:.1} ms",
+            "", c.started, c.failed, c.start_p99_ms
+        );
+    }
 }
 
 fn command() -> String {
@@ -589,14 +687,33 @@ pub async fn run(args: SweepArgs) -> Result<(), String> {
     if args.rates.is_empty() {
         return Err("give at least one rate".into());
     }
+    if args.churn > 0 && (args.load.relay.is_some() || args.load.xmpp.is_some()) {
+        return Err("--churn drives Parley's chats: leave out --relay and --xmpp".into());
+    }
     let shared: Shared = Arc::default();
     let (target, parley, pairs) = prepare(&args.load, &shared).await?;
+    // After the pairs, whose agents are then full: every churn chat goes to the churn agents.
+    let churn_bench = match &parley {
+        Some(p) if args.churn > 0 => {
+            churn_agents(&p.bench, args.churn).await?;
+            eprintln!("churn: {} chats a second started and ended", args.churn);
+            Some(p.bench.clone())
+        }
+        _ => None,
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
     header();
     let mut steps = vec![];
     for (i, rate) in args.rates.iter().enumerate() {
         let server = parley.as_ref().map(|p| &p.server);
-        let s = open_loop_step(&pairs, &shared, *rate, args.step_secs, i, server).await;
+        let churning = churn_bench.clone().map(|bench| {
+            let first = CHURN_VISITORS_FROM + i * (args.churn * args.step_secs) as usize;
+            tokio::spawn(churn(bench, args.churn, args.step_secs, first))
+        });
+        let mut s = open_loop_step(&pairs, &shared, *rate, args.step_secs, i, server).await;
+        if let Some(c) = churning {
+            s.churn = c.await.ok();
+        }
         print_step(&s);
         steps.push(s);
     }

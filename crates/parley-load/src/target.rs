@@ -28,6 +28,13 @@ pub struct ServerArgs {
     /// Pin the spawned server to this CPU (with taskset).
     #[arg(long)]
     pub server_cpu: Option<u32>,
+    /// Append the spawned server's log to this file (it is thrown away otherwise).
+    #[arg(long)]
+    pub server_log: Option<PathBuf>,
+    /// The spawned server's log filter (`PARLEY_LOG`); `info,parley_store=debug` adds a line for
+    /// each merge of SQLite's arrivals file, with how long it held the database's write lock.
+    #[arg(long, default_value = "info,parley_server::http::security=warn")]
+    pub server_log_filter: String,
 }
 
 /// A spawned Parley on SQLite in a private data directory; killed when dropped.
@@ -37,7 +44,7 @@ pub struct Server {
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
     bin: PathBuf,
-    cpu: Option<u32>,
+    args: ServerArgs,
 }
 
 impl Drop for Server {
@@ -55,14 +62,14 @@ impl Server {
                 .with_file_name("parley"),
         };
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let (child, addr) = start(&bin, dir.path(), args.server_cpu, "127.0.0.1:0")?;
+        let (child, addr) = start(&bin, dir.path(), args, "127.0.0.1:0")?;
         Ok(Server {
             child: Some(child),
             base: format!("http://{addr}"),
             addr,
             dir,
             bin,
-            cpu: args.server_cpu,
+            args: args.clone(),
         })
     }
 
@@ -86,7 +93,7 @@ impl Server {
         // The old socket may linger for a moment.
         let mut last = String::new();
         for _ in 0..50 {
-            match start(&self.bin, self.dir.path(), self.cpu, &listen) {
+            match start(&self.bin, self.dir.path(), &self.args, &listen) {
                 Ok((child, _)) => {
                     self.child = Some(child);
                     return Ok(());
@@ -126,10 +133,20 @@ impl Server {
 fn start(
     bin: &Path,
     dir: &Path,
-    cpu: Option<u32>,
+    args: &ServerArgs,
     listen: &str,
 ) -> Result<(Child, SocketAddr), String> {
-    let mut cmd = match cpu {
+    let mut log = match &args.server_log {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut cmd = match args.server_cpu {
         Some(cpu) => {
             let mut c = Command::new("taskset");
             c.args(["-c", &cpu.to_string()]).arg(bin);
@@ -141,7 +158,7 @@ fn start(
         .env("PARLEY_DATA_DIR", dir)
         .env_remove("PARLEY_DATABASE_URL")
         .env_remove("PARLEY_MASTER_KEY_FILE")
-        .env("PARLEY_LOG", "info,parley_server::http::security=warn")
+        .env("PARLEY_LOG", &args.server_log_filter)
         .env("PARLEY_LOG_FORMAT", "text")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -150,7 +167,14 @@ fn start(
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let mut lines = BufReader::new(stderr).lines();
+    let mut keep = move |line: &str| {
+        if let Some(f) = log.as_mut() {
+            use std::io::Write;
+            let _ = writeln!(f, "{line}");
+        }
+    };
     let addr = lines.by_ref().map_while(Result::ok).find_map(|l| {
+        keep(&l);
         l.split("listening on ")
             .nth(1)
             .and_then(|r| r.split_whitespace().next())
@@ -161,7 +185,7 @@ fn start(
         let _ = child.wait();
         return Err(format!("the server did not start on {listen}"));
     };
-    std::thread::spawn(move || lines.for_each(drop));
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| keep(&l)));
     Ok((child, addr))
 }
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Draws docs/benchmarks-sweep.svg from bench/results: p99 ack latency against offered rate,
-Parley, the relay and ejabberd (medians of the runs), log scales. No plotting library needed."""
+Parley (alone, and with chats started and ended beside the messages), the relay and ejabberd
+(medians of the runs), log scales. No plotting library needed."""
 import glob, json, math, statistics, sys
 
 out_dir = sys.argv[1] if len(sys.argv) > 1 else "bench/results"
 target = sys.argv[2] if len(sys.argv) > 2 else "docs/benchmarks-sweep.svg"
 series = {}
-for name in ["parley-sqlite", "relay", "ejabberd"]:
+for name in ["parley-sqlite", "parley-churn", "relay", "ejabberd"]:
     runs = [json.load(open(f)) for f in sorted(glob.glob(f"{out_dir}/sweep-{name}-*.json"))]
     if not runs:
         continue
@@ -16,7 +17,7 @@ for name in ["parley-sqlite", "relay", "ejabberd"]:
         points.append((step["offered_per_sec"], max(p99, 0.05)))
     series[name] = points
 
-W, H, L, R, T, B = 720, 500, 70, 20, 40, 140
+W, H, L, R, T, B = 720, 520, 70, 20, 40, 160
 xs = [x for pts in series.values() for x, _ in pts]
 x0, x1 = math.log10(min(xs) / 1.3), math.log10(max(xs) * 1.3)
 y0, y1 = math.log10(0.05), math.log10(10000)
@@ -39,12 +40,15 @@ svg.append(f'<text x="{W/2}" y="{H-B+40}" text-anchor="middle">offered messages 
 legend = lambda i: (L + 14, H - B + 66 + i * 19)
 y20 = py(20)
 svg.append(f'<line x1="{L}" x2="{W-R}" y1="{y20}" y2="{y20}" stroke="#b42318" stroke-dasharray="6 4"/>')
-colors = {"parley-sqlite": "#2857d6", "relay": "#127a3e", "ejabberd": "#b26a00"}
-labels = {"parley-sqlite": "Parley (SQLite, durable ack)", "relay": "bare relay (no storage)",
+colors = {"parley-sqlite": "#2857d6", "parley-churn": "#7c9ef0", "relay": "#127a3e", "ejabberd": "#b26a00"}
+labels = {"parley-sqlite": "Parley (SQLite, durable ack)",
+          "parley-churn": "Parley, with 20 chats a second started and ended",
+          "relay": "bare relay (no storage)",
           "ejabberd": "ejabberd (XMPP, stream-management ack, MAM on SQLite)"}
 for i, (name, pts) in enumerate(series.items()):
     path = " ".join(f"{'M' if j == 0 else 'L'}{px(x):.1f},{py(y):.1f}" for j, (x, y) in enumerate(pts))
-    svg.append(f'<path d="{path}" fill="none" stroke="{colors[name]}" stroke-width="2.5"/>')
+    dash = ' stroke-dasharray="7 4"' if name == "parley-churn" else ""
+    svg.append(f'<path d="{path}" fill="none" stroke="{colors[name]}" stroke-width="2.5"{dash}/>')
     for x, y in pts:
         svg.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{colors[name]}"/>')
     lx, ly = legend(i)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces docs/BENCHMARKS.md: builds release binaries, then runs every scenario, the server
 # pinned to CPU 0 and the generator to CPU 1, three runs each:
-#   sweep against Parley (SQLite, one node), against the bare relay, and against ejabberd (XMPP
-#   over WebSocket, archive on SQLite; installed from Debian's packages if missing);
+#   sweep against Parley (SQLite, one node), again with chats started and ended beside the
+#   messages (churn), against the bare relay, and against ejabberd (XMPP over WebSocket, archive
+#   on SQLite; installed from Debian's packages if missing);
 #   saturation, fan-out, idle, reconnect storm and crash against Parley.
 # Results (JSON) go to bench/results/; a summary with medians is printed at the end and the
 # sweep chart is redrawn. Loopback only; 13-17 minutes.
@@ -19,7 +20,7 @@ rates=${RATES:-1000,2000,4000,6000,8000,10000,12000}
 pairs=${PAIRS:-800}
 step=${STEP_SECS:-4}
 runs=${RUNS:-3}
-scenarios=${SCENARIOS:-sweep relay ejabberd saturation fanout idle storm crash}
+scenarios=${SCENARIOS:-sweep churn relay ejabberd saturation fanout idle storm crash}
 want() { [[ " $scenarios " == *" $1 "* ]]; }
 pin() { if command -v taskset >/dev/null; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -48,6 +49,12 @@ for run in $(seq 1 "$runs"); do
     echo "== run $run: sweep, Parley (SQLite, one node)"
     load sweep "${parley[@]}" --pairs "$pairs" --visitors-per-agent 20 --rates "$rates" \
       --step-secs "$step" --json >"$out/sweep-parley-sqlite-$run.json"
+  fi
+  if want churn; then
+    echo "== run $run: sweep, Parley, with ${CHURN:-20} chats a second started and ended"
+    load sweep "${parley[@]}" --pairs "$pairs" --visitors-per-agent 20 \
+      --rates "${CHURN_RATES:-1000,2000,4000,6000,8000}" --churn "${CHURN:-20}" --step-secs "$step" \
+      --json >"$out/sweep-parley-churn-$run.json"
   fi
   if want relay; then
     echo "== run $run: sweep, relay (no storage, auth or encryption)"

@@ -22,7 +22,7 @@ def med(values):
 
 
 knees = {}
-for target in ["parley-sqlite", "relay", "ejabberd"]:
+for target in ["parley-sqlite", "parley-churn", "relay", "ejabberd"]:
     rs = runs(f"sweep-{target}-*.json")
     if not rs:
         continue

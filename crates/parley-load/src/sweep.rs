@@ -125,6 +125,8 @@ pub struct Step {
 #[derive(Serialize, Clone, Copy, Default, Debug)]
 pub struct Churned {
     pub started: usize,
+    /// Of those, assigned to an agent as they started (the rest waited in the queue).
+    pub assigned: usize,
     pub ended: usize,
     pub failed: usize,
     /// From the request that starts a chat to its answer (the chat stored and routed).
@@ -522,8 +524,8 @@ async fn churn(bench: Arc<Bench>, per_sec: u64, secs: u64, first: usize) -> Chur
         chats.spawn(async move {
             let token = bench.visitor(i).await?;
             let t0 = Instant::now();
-            let conversation = bench.start_chat(i, &token).await?;
-            let started = t0.elapsed();
+            let (conversation, status) = bench.start_chat_view(i, &token).await?;
+            let started = (t0.elapsed(), status == "assigned");
             tokio::time::sleep(Duration::from_secs(1)).await;
             let path = format!("/api/widget/conversations/{conversation}/end");
             bench
@@ -542,8 +544,9 @@ async fn churn(bench: Arc<Bench>, per_sec: u64, secs: u64, first: usize) -> Chur
     let mut starts = vec![];
     while let Some(done) = chats.join_next().await {
         match done {
-            Ok(Ok(started)) => {
+            Ok(Ok((started, assigned))) => {
                 counts.started += 1;
+                counts.assigned += usize::from(assigned);
                 counts.ended += 1;
                 starts.push(started.as_micros() as u64);
             }
@@ -638,8 +641,8 @@ fn print_step(s: &Step) {
     );
     if let Some(c) = &s.churn {
         eprintln!(
-            "{:>9}  churn: {} chats started and ended, {} failed, start p99 {:.1} ms",
-            "", c.started, c.failed, c.start_p99_ms
+            "{:>9}  churn: {} chats started ({} assigned at once) and ended, {} failed, start p99 {:.1} ms",
+            "", c.started, c.assigned, c.failed, c.start_p99_ms
         );
     }
 }

@@ -461,6 +461,11 @@ impl Bench {
     }
 
     pub async fn start_chat(&self, i: usize, token: &str) -> Result<String, String> {
+        Ok(self.start_chat_view(i, token).await?.0)
+    }
+
+    /// Start a chat: its id and its status once the department has routed it.
+    pub async fn start_chat_view(&self, i: usize, token: &str) -> Result<(String, String), String> {
         let c = self
             .visitor_request(
                 i,
@@ -470,10 +475,10 @@ impl Bench {
                 Some(json!({ "department_id": self.department, "name": format!("Visitor {i}") })),
             )
             .await?;
-        c["id"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| format!("start chat failed: {c}"))
+        match (c["id"].as_str(), c["status"].as_str()) {
+            (Some(id), Some(status)) => Ok((id.to_owned(), status.to_owned())),
+            _ => Err(format!("start chat failed: {c}")),
+        }
     }
 
     pub async fn visitor_ticket(&self, i: usize, token: &str) -> Result<String, String> {

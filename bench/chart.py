@@ -52,7 +52,9 @@ for i, (name, pts) in enumerate(series.items()):
     for x, y in pts:
         svg.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{colors[name]}"/>')
     lx, ly = legend(i)
-    svg.append(f'<rect x="{lx}" y="{ly-6}" width="14" height="4" fill="{colors[name]}"/><text x="{lx+20}" y="{ly}">{labels[name]}</text>')
+    swatch = (f'<line x1="{lx}" x2="{lx+14}" y1="{ly-4}" y2="{ly-4}" stroke="{colors[name]}" stroke-width="3" stroke-dasharray="5 2"/>'
+              if dash else f'<rect x="{lx}" y="{ly-6}" width="14" height="4" fill="{colors[name]}"/>')
+    svg.append(f'{swatch}<text x="{lx+20}" y="{ly}">{labels[name]}</text>')
 lx, ly = legend(len(series))
 svg.append(f'<line x1="{lx}" x2="{lx+14}" y1="{ly-4}" y2="{ly-4}" stroke="#b42318" stroke-dasharray="4 3" stroke-width="2"/><text x="{lx+20}" y="{ly}" fill="#b42318">20 ms: the knee limit (p99 ack)</text>')
 svg.append("</svg>")

@@ -1513,7 +1513,9 @@ impl App {
     }
 
     /// A visitor's socket resumed a conversation: if it is waiting, its place is sent again in
-    /// the next round (the new socket has not heard it).
+    /// the next round (the new socket has not heard it). A round already running as the socket
+    /// subscribed may have told it as well, so a resumed socket can hear the same place twice;
+    /// the widget shows the latest place, so a repeat changes nothing on screen.
     pub async fn resend_queue_place(
         &self,
         tenant: TenantId,

@@ -393,6 +393,22 @@ async fn assignment_respects_capacity_and_queue_moves_on(db: Db) {
         .await;
     ws.until("resumed").await;
     assert_eq!(ws.until("queue").await["position"], 2);
+    // A round that was already running when the socket resumed may have told it too, and the
+    // round the resume asked for then tells it again: the same place, nothing else. Once that
+    // round is past (200 ms), the socket is quiet.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    ws.send(json!({ "type": "ping" })).await;
+    loop {
+        let f = ws.next().await;
+        if f["type"] == "pong" {
+            break;
+        }
+        assert_eq!(
+            (f["type"].as_str(), f["position"].as_i64()),
+            (Some("queue"), Some(2)),
+            "only a repeat of the place: {f}"
+        );
+    }
     // A chat joining behind them changes nothing for them: no frame (a round comes within 200
     // ms of the change; the pong after 500 ms comes after any frame of it).
     convs.push(start(&d, "V4").await);

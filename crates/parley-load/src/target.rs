@@ -32,7 +32,9 @@ pub struct ServerArgs {
     #[arg(long)]
     pub server_log: Option<PathBuf>,
     /// The spawned server's log filter (`PARLEY_LOG`); `info,parley_store=debug` adds a line for
-    /// each merge of SQLite's arrivals file, with how long it held the database's write lock.
+    /// each merge of SQLite's arrivals file, with how long it held the database's write lock;
+    /// `warn,sqlx::query=debug` logs every SQL statement. The line that says where the server
+    /// listens is kept whatever the filter.
     #[arg(long, default_value = "info,parley_server::http::security=warn")]
     pub server_log_filter: String,
 }
@@ -158,7 +160,8 @@ fn start(
         .env("PARLEY_DATA_DIR", dir)
         .env_remove("PARLEY_DATABASE_URL")
         .env_remove("PARLEY_MASTER_KEY_FILE")
-        .env("PARLEY_LOG", &args.server_log_filter)
+        // The generator finds the server's address in its "listening on" line (target `parley`).
+        .env("PARLEY_LOG", format!("{},parley=info", args.server_log_filter))
         .env("PARLEY_LOG_FORMAT", "text")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -393,6 +393,9 @@ impl SqlStore {
                     .map_err(|e| opening(e.to_string()))??;
                 options = options
                     .max_connections(8)
+                    // A connection is a file handle on this machine: asking it whether it is
+                    // alive before every use (a round trip to its thread) only costs time.
+                    .test_before_acquire(false)
                     .after_connect(move |conn, _meta| {
                         let arrivals_file = arrivals_file.clone();
                         Box::pin(async move {

@@ -1009,9 +1009,18 @@ impl App {
             .conversation(tenant, conv)
             .await?
             .ok_or(AppError::NotFound)?;
+        self.announce_assignment(tenant, &c).await
+    }
+
+    /// Tell the agent of `c`, just assigned, and the queue's listeners.
+    async fn announce_assignment(
+        &self,
+        tenant: TenantId,
+        c: &ConversationRecord,
+    ) -> Result<ConversationView, AppError> {
         let cipher = self.keys.cipher(self.store.as_ref(), tenant).await?;
         let names = self.agent_names(&cipher, tenant).await?;
-        let view = self.conversation_view(&cipher, &c, &names, true)?;
+        let view = self.conversation_view(&cipher, c, &names, true)?;
         if let Some(agent) = c.agent {
             self.hub.publish(
                 Topic::Agent(tenant, agent),
@@ -1295,7 +1304,7 @@ impl App {
                 return Ok(());
             };
             if routing.mode == "assign" {
-                if self.assign(tenant, conv, agent).await? {
+                if self.assign(tenant, &c, agent).await? {
                     return Ok(());
                 }
                 // Taken by a concurrent routing pass (another chat starting, another node's
@@ -1328,7 +1337,7 @@ impl App {
     async fn assign(
         &self,
         tenant: TenantId,
-        conv: ConversationId,
+        c: &ConversationRecord,
         agent: UserId,
     ) -> Result<bool, AppError> {
         let e = NewEvent {
@@ -1342,9 +1351,18 @@ impl App {
             agent,
             require_offer: false,
         };
-        match self.append_and_publish(tenant, conv, e, None, assign).await {
-            Ok(_) => {
-                self.after_assignment(tenant, conv).await?;
+        match self.append_and_publish(tenant, c.id, e, None, assign).await {
+            Ok(appended) => {
+                // What the store's transition made of the waiting chat; not read again.
+                let assigned = ConversationRecord {
+                    status: ConversationStatus::Assigned,
+                    agent: Some(agent),
+                    offered_to: None,
+                    offer_expires_at: None,
+                    last_seq: appended.seq,
+                    ..c.clone()
+                };
+                self.announce_assignment(tenant, &assigned).await?;
                 Ok(true)
             }
             Err(AppError::Invalid(d))
@@ -1424,10 +1442,19 @@ impl App {
             if plan.is_empty() {
                 break;
             }
+            // Every waiting chat has an agent in this round: once they all take, the walk is
+            // done (a chat queued since the read asks for another walk itself).
+            let whole_queue = plan.len() == waiting.len();
+            let planned = plan.len();
+            let by_id: HashMap<ConversationId, &ConversationRecord> =
+                queued.iter().map(|c| (c.id, c)).collect();
             let mut round = tokio::task::JoinSet::new();
             for (conv, agent) in plan {
+                let Some(c) = by_id.get(&conv).map(|c| (*c).clone()) else {
+                    continue;
+                };
                 let app = self.clone();
-                round.spawn(async move { app.assign(tenant, conv, agent).await });
+                round.spawn(async move { app.assign(tenant, &c, agent).await });
             }
             // Every assignment of the round is seen through (dropping the set would abort the
             // others between their commit and their frames); the first failure is reported.
@@ -1445,7 +1472,7 @@ impl App {
             if let Some(e) = failed {
                 return Err(e);
             }
-            if assigned == 0 {
+            if assigned == 0 || (whole_queue && assigned == planned) {
                 break;
             }
         }

@@ -850,7 +850,7 @@ async fn the_widget_frame_is_framed_only_by_allowed_sites() {
 #[tokio::test]
 async fn silent_visitors_turn_weak_then_lost_and_come_back_or_time_out() {
     let d = desk(Db::Sqlite, 1, 3, "assign", 30_000).await;
-    let (agent, _) = &d.agents[0];
+    let (agent, agent_id) = &d.agents[0];
     let tenant =
         d.t.app
             .store
@@ -882,7 +882,29 @@ async fn silent_visitors_turn_weak_then_lost_and_come_back_or_time_out() {
 
     // Visitor 1 goes quiet, then comes back while lost: the agent sees weak, lost, restored.
     let (v, conv) = start(&d, "Wanda").await;
-    agent_ws.until("chat_assigned").await;
+    // The console is told of the chat as the assignment left it (built from the queue's read,
+    // not read again): assigned to them, its last seq the assignment's, the pre-chat answers.
+    let assigned = agent_ws.until("chat_assigned").await;
+    let c = &assigned["conversation"];
+    assert_eq!(
+        (
+            c["id"].as_str(),
+            c["status"].as_str(),
+            c["agent_id"].as_str(),
+            c["offered_to"].as_str(),
+            c["last_seq"].as_i64(),
+            c["prechat"]["name"].as_str()
+        ),
+        (
+            Some(conv.as_str()),
+            Some("assigned"),
+            Some(agent_id.as_str()),
+            None,
+            Some(3),
+            Some("Wanda")
+        ),
+        "started, question, assigned: {c}"
+    );
     agent_ws
         .send(json!({ "type": "resume", "conversation_id": conv, "since": 0 }))
         .await;

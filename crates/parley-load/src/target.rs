@@ -161,7 +161,10 @@ fn start(
         .env_remove("PARLEY_DATABASE_URL")
         .env_remove("PARLEY_MASTER_KEY_FILE")
         // The generator finds the server's address in its "listening on" line (target `parley`).
-        .env("PARLEY_LOG", format!("{},parley=info", args.server_log_filter))
+        .env(
+            "PARLEY_LOG",
+            format!("{},parley=info", args.server_log_filter),
+        )
         .env("PARLEY_LOG_FORMAT", "text")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -211,6 +211,7 @@ impl ChatStore for SqlStore {
         if v.tenant != tenant {
             return Err(StoreError::NotFound);
         }
+        let _gate = self.gate().await;
         sqlx::query("INSERT INTO visitors (tenant_id, id, token_hash, created_at, last_seen_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(tenant.to_string())
             .bind(v.id.to_string())
@@ -272,7 +273,7 @@ impl ChatStore for SqlStore {
             .bind(d.prechat_fields.clone())
             .bind(tenant.to_string())
             .bind(d.department.to_string())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(db)?;
         if r.rows_affected() == 0 {
@@ -313,7 +314,7 @@ impl ChatStore for SqlStore {
         .bind(c.created_at.0)
         .bind(c.queued_at.0)
         .bind(c.created_at.0)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(|e| db_write(e, "conversation"))?;
         insert_event(&mut tx, tenant, c.id, 1, started, None).await?;
@@ -502,6 +503,7 @@ impl ChatStore for SqlStore {
         now: Timestamp,
         expires: Timestamp,
     ) -> StoreResult<bool> {
+        let _gate = self.gate().await;
         let r = sqlx::query(
             "UPDATE conversations SET offered_to = $1, offer_expires_at = $2 WHERE tenant_id = $3 AND id = $4 AND status = 'queued' \
              AND (offered_to IS NULL OR offer_expires_at < $5)",
@@ -531,7 +533,7 @@ impl ChatStore for SqlStore {
         .bind(tenant.to_string())
         .bind(cid.to_string())
         .bind(agent.to_string())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await
         .map_err(db)?;
         let Some(row) = row else { return Ok(false) };
@@ -543,7 +545,7 @@ impl ChatStore for SqlStore {
             .bind(ids_json(&declined))
             .bind(tenant.to_string())
             .bind(cid.to_string())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
@@ -660,7 +662,7 @@ impl ChatStore for SqlStore {
             .bind(p.lost_after_ms)
             .bind(p.timeout_ms)
             .bind(tenant.to_string())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(db)?;
         if r.rows_affected() == 0 {
@@ -677,6 +679,7 @@ impl ChatStore for SqlStore {
         status: AgentStatus,
         now: Timestamp,
     ) -> StoreResult<()> {
+        let _gate = self.gate().await;
         sqlx::query(
             "INSERT INTO agent_presence (tenant_id, user_id, status, active_chats, idle_since, updated_at) VALUES ($1, $2, $3, 0, $4, $5) \
              ON CONFLICT (tenant_id, user_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at, \
@@ -753,6 +756,7 @@ impl ChatStore for SqlStore {
         if m.tenant != tenant {
             return Err(StoreError::NotFound);
         }
+        let _gate = self.gate().await;
         sqlx::query(
             "INSERT INTO offline_messages (tenant_id, id, department_id, visitor_id, content_ct, created_at, handled_at, handled_by) \
              VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL)",
@@ -821,7 +825,7 @@ impl ChatStore for SqlStore {
             q = q.bind(d.to_string());
         }
         let mut tx = self.begin_write().await?;
-        let r = q.execute(&mut *tx).await.map_err(db)?;
+        let r = q.execute(&mut **tx).await.map_err(db)?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -1270,10 +1274,12 @@ async fn main_lane(
     let mut own: Option<PoolConnection<Any>> = None;
     while let Some(mut group) = groups.recv().await {
         let chats: Vec<Chat> = group.iter().map(Write::chat).collect();
+        let gate = store.gate().await;
         let outcome = match writer_connection(&store, &mut own).await {
             Ok(conn) => commit_batch(conn, store.backend, store.arrivals.as_deref(), &group).await,
             Err(e) => Err(e),
         };
+        drop(gate);
         if settle(&mut group, outcome) {
             own = None;
         }

@@ -70,6 +70,39 @@ pub struct SqlStore {
     /// SQLite: what the writer thread, the merge and the reads share about the arrivals file
     /// (see `sqlite_arrivals`).
     pub(crate) arrivals: Option<Arc<Arrivals>>,
+    /// SQLite: taken by every writer of the main file in this process before it asks SQLite for
+    /// the file's write lock (`gate`). Waiters queue in order and start the moment the lock is
+    /// free; SQLite's own wait (`busy_timeout`) polls with sleeps of up to 100 ms and serves
+    /// whoever asks first, so behind a merge a chat's start could wait several times as long
+    /// as the merge held the lock (docs/BENCHMARKS.md). Other processes still meet the busy
+    /// timeout.
+    pub(crate) main_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// A write transaction on a pooled connection (`SqlStore::begin_write`), holding the main file's
+/// gate until it ends. The transaction is dropped (rolled back) before the gate opens.
+pub(crate) struct WriteTx {
+    tx: Tx<'static>,
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = Tx<'static>;
+    fn deref(&self) -> &Tx<'static> {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Tx<'static> {
+        &mut self.tx
+    }
 }
 
 /// How a store runs, beyond its URL.
@@ -423,6 +456,9 @@ impl SqlStore {
         let arrivals = sqlite_file
             .as_ref()
             .map(|_| Arc::new(Arrivals::new(opts.serving)));
+        let main_gate = sqlite_file
+            .as_ref()
+            .map(|_| Arc::new(tokio::sync::Mutex::new(())));
         let (appender, requests) = tokio::sync::mpsc::channel(4096);
         let writer = Arc::new(Writer::default());
         *lock(&writer.serving_lock) = serving_lock;
@@ -432,6 +468,7 @@ impl SqlStore {
             appender,
             writer: writer.clone(),
             arrivals: arrivals.clone(),
+            main_gate: main_gate.clone(),
         };
         // The writer holds a store without a queue of its own, so dropping every handle of the
         // store ends it.
@@ -441,11 +478,17 @@ impl SqlStore {
             appender: tokio::sync::mpsc::channel(1).0,
             writer: writer.clone(),
             arrivals: arrivals.clone(),
+            main_gate: main_gate.clone(),
         };
         if let (Some(file), Some(arrivals)) = (&sqlite_file, &arrivals)
             && arrivals.serving
         {
-            let merger = Merger::start(file.clone(), arrivals.clone(), opts.merge_every)?;
+            let merger = Merger::start(
+                file.clone(),
+                arrivals.clone(),
+                main_gate.clone(),
+                opts.merge_every,
+            )?;
             *lock(&writer.merger) = Some(merger);
         }
         let task = tokio::spawn(crate::chat::append_writer(
@@ -483,12 +526,25 @@ impl SqlStore {
         drop(lock(&self.writer.serving_lock).take());
     }
 
-    /// A write transaction on a pooled connection (see `Backend::begin_write`).
-    pub(crate) async fn begin_write(&self) -> StoreResult<Tx<'static>> {
-        self.pool
+    /// A write transaction on a pooled connection (see `Backend::begin_write`), through the main
+    /// file's gate on SQLite.
+    pub(crate) async fn begin_write(&self) -> StoreResult<WriteTx> {
+        let gate = self.gate().await;
+        let tx = self
+            .pool
             .begin_with(self.backend.begin_write())
             .await
-            .map_err(db)
+            .map_err(db)?;
+        Ok(WriteTx { tx, _gate: gate })
+    }
+
+    /// SQLite: the main file's gate (see `main_gate`), held until the guard is dropped; for a
+    /// write outside `begin_write`. PostgreSQL has none: its writers queue in the server.
+    pub(crate) async fn gate(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.main_gate {
+            Some(g) => Some(g.clone().lock_owned().await),
+            None => None,
+        }
     }
 
     async fn departments_of(
@@ -551,13 +607,13 @@ impl Store for SqlStore {
             if self.backend == Backend::Postgres {
                 // Nodes starting together take turns; the loser then sees the version applied.
                 sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(7210501)) AS l")
-                    .fetch_one(&mut *tx)
+                    .fetch_one(&mut **tx)
                     .await
                     .map_err(db)?;
             }
             let done = sqlx::query("SELECT version FROM parley_migrations WHERE version = $1")
                 .bind(m.version)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await
                 .map_err(db)?;
             if done.is_some() {
@@ -569,7 +625,7 @@ impl Store for SqlStore {
             };
             for statement in statements(sql) {
                 sqlx::query(&statement)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await
                     .map_err(db)?;
             }
@@ -583,7 +639,7 @@ impl Store for SqlStore {
             .bind(m.version)
             .bind(m.name)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(db)?;
             tx.commit().await.map_err(db)?;
@@ -634,7 +690,7 @@ impl Store for SqlStore {
         .bind(origins)
         .bind(t.created_at.0)
         .bind(GENESIS_HASH.to_vec())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(|e| db_write(e, "slug"))?;
         sqlx::query("INSERT INTO tenant_keys (tenant_id, key_id, master_key_id, wrapped, created_at) VALUES ($1, $2, $3, $4, $5)")
@@ -643,7 +699,7 @@ impl Store for SqlStore {
             .bind(key.master_key_id.clone())
             .bind(key.wrapped.clone())
             .bind(key.created_at.0)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(db)?;
         insert_user(&mut tx, admin).await?;
@@ -716,7 +772,7 @@ impl Store for SqlStore {
             let r = sqlx::query("UPDATE tenants SET name_ct = $1 WHERE id = $2")
                 .bind(name_ct)
                 .bind(tenant.to_string())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(db)?;
             if r.rows_affected() == 0 {
@@ -729,7 +785,7 @@ impl Store for SqlStore {
             sqlx::query("UPDATE tenants SET allowed_origins = $1 WHERE id = $2")
                 .bind(origins)
                 .bind(tenant.to_string())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(db)?;
         }
@@ -771,7 +827,7 @@ impl Store for SqlStore {
                 .bind(k.wrapped.clone())
                 .bind(tenant.to_string())
                 .bind(k.key_id)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(db)?;
             if r.rows_affected() != 1 {
@@ -795,7 +851,7 @@ impl Store for SqlStore {
             .bind(d.name.clone())
             .bind(d.name.to_lowercase())
             .bind(d.created_at.0)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(|e| db_write(e, "department_name"))?;
         append_audit_tx(&mut tx, audit).await?;
@@ -817,7 +873,7 @@ impl Store for SqlStore {
         .bind(name.to_lowercase())
         .bind(tenant.to_string())
         .bind(dept.to_string())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(|e| db_write(e, "department_name"))?;
         if r.rows_affected() == 0 {
@@ -912,7 +968,7 @@ impl Store for SqlStore {
         ))
         .bind(tenant.to_string())
         .bind(uid.to_string())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await
         .map_err(db)?
         .ok_or(StoreError::NotFound)?;
@@ -940,14 +996,14 @@ impl Store for SqlStore {
         .bind(at.0)
         .bind(tenant.to_string())
         .bind(uid.to_string())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(db)?;
         if let Some(depts) = &c.departments {
             sqlx::query("DELETE FROM user_departments WHERE tenant_id = $1 AND user_id = $2")
                 .bind(tenant.to_string())
                 .bind(uid.to_string())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(db)?;
             insert_user_departments(&mut tx, tenant, uid, depts).await?;
@@ -956,7 +1012,7 @@ impl Store for SqlStore {
             sqlx::query("DELETE FROM sessions WHERE tenant_id = $1 AND user_id = $2")
                 .bind(tenant.to_string())
                 .bind(uid.to_string())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(db)?;
         }
@@ -978,7 +1034,7 @@ impl Store for SqlStore {
             .bind(c.at.0)
             .bind(tenant.to_string())
             .bind(uid.to_string())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(db)?;
         if r.rows_affected() == 0 {
@@ -990,7 +1046,7 @@ impl Store for SqlStore {
         .bind(tenant.to_string())
         .bind(uid.to_string())
         .bind(c.keep_session.unwrap_or_default().to_vec())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(db)?;
         append_audit_tx(&mut tx, audit).await?;
@@ -1016,7 +1072,7 @@ impl Store for SqlStore {
         .bind(s.created_at.0)
         .bind(s.last_seen_at.0)
         .bind(s.expires_at.0)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(|e| db_write(e, "session"))?;
         append_audit_tx(&mut tx, audit).await?;
@@ -1041,6 +1097,7 @@ impl Store for SqlStore {
         seen: Timestamp,
         expires: Timestamp,
     ) -> StoreResult<()> {
+        let _gate = self.gate().await;
         sqlx::query("UPDATE sessions SET last_seen_at = $1, expires_at = $2 WHERE tenant_id = $3 AND token_hash = $4")
             .bind(seen.0)
             .bind(expires.0)
@@ -1062,7 +1119,7 @@ impl Store for SqlStore {
         sqlx::query("DELETE FROM sessions WHERE tenant_id = $1 AND token_hash = $2")
             .bind(tenant.to_string())
             .bind(token_hash.to_vec())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(db)?;
         if let Some(a) = audit {
@@ -1112,5 +1169,45 @@ impl Store for SqlStore {
             .iter()
             .map(audit_row)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On SQLite every write transaction of the process queues at the main file's gate: while
+    /// the gate is held (as the merge holds it), a writer waits there, and writers go in the
+    /// order they asked.
+    #[tokio::test]
+    async fn sqlite_writers_queue_at_the_gate_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqlStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let held = store.gate().await.expect("SQLite has a gate");
+        let order = Arc::new(std::sync::Mutex::new(vec![]));
+        let mut writers = vec![];
+        for n in 0..3 {
+            let (s, order) = (store.clone(), order.clone());
+            writers.push(tokio::spawn(async move {
+                let tx = s.begin_write().await.unwrap();
+                lock(&order).push(n);
+                tx.commit().await.unwrap();
+            }));
+            // Each asks after the one before.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            lock(&order).is_empty(),
+            "nobody writes while the gate is held"
+        );
+        drop(held);
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert_eq!(*lock(&order), vec![0, 1, 2]);
+        store.close().await;
     }
 }

@@ -59,6 +59,9 @@ use std::time::Duration;
 /// How often the merge runs unless the store is told otherwise (`SqlOptions`).
 pub(crate) const MERGE_EVERY: Duration = Duration::from_secs(1);
 
+/// The main file's gate (`SqlStore::main_gate`).
+pub(crate) type Gate = Arc<tokio::sync::Mutex<()>>;
+
 /// The layout of the arrivals file this build writes (`PRAGMA user_version`).
 const VERSION: i64 = 1;
 
@@ -219,8 +222,8 @@ pub(crate) fn prepare(main: &Path, serving: bool) -> StoreResult<()> {
     // Two cycles: the first merges every generation left and empties one table, the second
     // empties the other.
     let none = Arrivals::default();
-    cycle(&c, &none)?;
-    cycle(&c, &none)?;
+    cycle(&c, &none, None)?;
+    cycle(&c, &none, None)?;
     Ok(())
 }
 
@@ -448,18 +451,26 @@ fn has_rows(c: &rusqlite::Connection) -> StoreResult<bool> {
 }
 
 /// One merge (see the module's notes). Does nothing when there is nothing to move.
-fn cycle(c: &rusqlite::Connection, arrivals: &Arrivals) -> StoreResult<()> {
+fn cycle(
+    c: &rusqlite::Connection,
+    arrivals: &Arrivals,
+    gate: Option<&tokio::sync::Mutex<()>>,
+) -> StoreResult<()> {
     let rows = has_rows(c)?;
     let stamps = arrivals.stamps();
     if !rows && stamps.is_empty() {
         return Ok(());
     }
+    // In line with the store's other writers of the main file (see `SqlStore::main_gate`).
+    let queued = std::time::Instant::now();
+    let entered = gate.map(tokio::sync::Mutex::blocking_lock);
     let started = std::time::Instant::now();
     let moved = move_rows(c, rows, &stamps);
     if moved.is_err() {
         // Tried again with the next merge; the stamps are still waiting.
         let _ = c.execute_batch("ROLLBACK");
     }
+    drop(entered);
     let moved = moved?;
     let held = started.elapsed();
     arrivals.forget_stamps(&stamps);
@@ -480,6 +491,7 @@ fn cycle(c: &rusqlite::Connection, arrivals: &Arrivals) -> StoreResult<()> {
     tracing::debug!(
         rows = moved.rows,
         heartbeats = stamps.len(),
+        gate_wait_ms = started.duration_since(queued).as_secs_f64() * 1e3,
         main_lock_ms = held.as_secs_f64() * 1e3,
         total_ms = started.elapsed().as_secs_f64() * 1e3,
         "merged the arrivals file"
@@ -577,13 +589,14 @@ impl Merger {
     pub(crate) fn start(
         main: PathBuf,
         arrivals: Arc<Arrivals>,
+        gate: Option<Gate>,
         every: Duration,
     ) -> StoreResult<Merger> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let told = stop.clone();
         let handle = std::thread::Builder::new()
             .name("parley-sqlite-merge".into())
-            .spawn(move || run(&main, &arrivals, every, &told))
+            .spawn(move || run(&main, &arrivals, gate.as_deref(), every, &told))
             .map_err(|e| StoreError::Backend(format!("cannot start the SQLite merge: {e}")))?;
         Ok(Merger { stop, handle })
     }
@@ -597,7 +610,13 @@ impl Merger {
     }
 }
 
-fn run(main: &Path, arrivals: &Arrivals, every: Duration, stop: &(Mutex<bool>, Condvar)) {
+fn run(
+    main: &Path,
+    arrivals: &Arrivals,
+    gate: Option<&tokio::sync::Mutex<()>>,
+    every: Duration,
+    stop: &(Mutex<bool>, Condvar),
+) {
     let mut conn: Option<rusqlite::Connection> = None;
     loop {
         let stopping = {
@@ -616,7 +635,7 @@ fn run(main: &Path, arrivals: &Arrivals, every: Duration, stop: &(Mutex<bool>, C
             },
             Ok,
         );
-        match opened.and_then(|c| cycle(&c, arrivals).map(|()| c)) {
+        match opened.and_then(|c| cycle(&c, arrivals, gate).map(|()| c)) {
             Ok(c) => conn = Some(c),
             // The rows stay where they are, counted by every read, and the next merge tries
             // again on a fresh connection.

@@ -76,7 +76,7 @@ pub struct SqlStore {
     /// whoever asks first, so behind a merge a chat's start could wait several times as long
     /// as the merge held the lock (docs/BENCHMARKS.md). Other processes still meet the busy
     /// timeout.
-    pub(crate) main_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+    pub(crate) main_gate: Option<crate::sqlite_arrivals::Gate>,
 }
 
 /// A write transaction on a pooled connection (`SqlStore::begin_write`), holding the main file's

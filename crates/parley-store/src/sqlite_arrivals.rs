@@ -535,7 +535,7 @@ fn move_rows(
     if let Some(next) = next {
         // The first statement writes the main file, so the transaction holds its write lock
         // from the start and reads the mark as it is.
-        let moved = c.prepare_cached(
+        rows = c.prepare_cached(
             "INSERT INTO main.conversation_events (tenant_id, conversation_id, seq, kind, at, \
              author, client_msg_id, body_ct, data) \
              SELECT tenant_id, conversation_id, seq, kind, at, author, client_msg_id, body_ct, data \
@@ -549,7 +549,6 @@ fn move_rows(
         .map_err(db)?
         .execute([next])
         .map_err(db)?;
-        rows = moved;
         // Never backwards: a mark that fell back would have merged rows counted twice.
         c.prepare_cached("UPDATE main.arrivals_merged SET merged = MAX(merged, ?1)")
             .map_err(db)?
